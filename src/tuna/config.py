@@ -1,0 +1,178 @@
+"""The run recipe: one pydantic schema for every key a YAML config may hold.
+
+Keys are nouns grouped by concern (`model.*`, `data.*`, `method` + `<method>.*`, `train.*`, `eval.*`).
+An unknown key is an error naming the closest valid key; knobs of a method other than the selected
+one are an error too, so a typo never silently does nothing.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuna.errors import UserError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field(DEFAULT_MODEL, description="alias, local HF directory, .gguf file, cached hub id or run directory")
+
+
+class DataConfig(Section):
+    path: str | None = Field(None, description="JSONL, JSON, Parquet, CSV file or a datasets save_to_disk directory")
+    format: Literal["auto", "text", "instruction", "prompt_completion", "messages"] = "auto"
+    train_on: Literal["completion", "all"] = "completion"
+    max_tokens: int = Field(1024, ge=8, description="longest rendered example, in tokens")
+    overflow: Literal["truncate", "drop"] = "truncate"
+    eval_split: float | str = Field(0.1, description="held-out fraction in [0, 1), or a file of its own")
+
+    @model_validator(mode="after")
+    def _check_split(self) -> "DataConfig":
+        if isinstance(self.eval_split, float) and not 0.0 <= self.eval_split < 1.0:
+            raise ValueError("eval_split must be a fraction in [0, 1) or a file path")
+        return self
+
+
+class FreezeConfig(Section):
+    trainable_layers: int = Field(2, ge=1, description="how many of the top decoder layers train")
+
+
+class LoraConfig(Section):
+    r: int = Field(16, ge=1, le=4096)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TrainConfig(Section):
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; when unset, `epochs` decides")
+    epochs: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float | None = Field(None, gt=0, description="peak learning rate; unset takes the method's default")
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    save_every: int = Field(100, ge=0, description="checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class EvalConfig(Section):
+    every: int = Field(100, ge=0, description="held-out loss every N steps (0: only at the end)")
+    batch_size: int = Field(8, ge=1)
+
+
+METHOD_SECTIONS = ("freeze", "lora")
+
+
+class Recipe(Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    method: Literal["full", "freeze", "lora"] = "lora"
+    freeze: FreezeConfig = FreezeConfig()
+    lora: LoraConfig = LoraConfig()
+    objective: Literal["sft"] = "sft"
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output_dir: str | None = Field(None, description="run directory; unset: runs/<method>-<time>")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_shorthand(cls, values: Any) -> Any:
+        if isinstance(values, dict) and isinstance(values.get("model"), str):
+            values = {**values, "model": {"name": values["model"]}}
+        return values
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "Recipe":
+        stray = [s for s in METHOD_SECTIONS if s in self.model_fields_set and s != self.method]
+        if stray:
+            raise ValueError(f"`{stray[0]}.*` knobs are set but method is `{self.method}`; remove them or set method: {stray[0]}")
+        if self.data.format == "text" and "train_on" in self.data.model_fields_set and self.data.train_on == "completion":
+            raise ValueError("data.train_on: completion needs prompts and completions; plain `text` data trains on all tokens")
+        return self
+
+    def to_yaml(self) -> str:
+        """The resolved config, with only the selected method's section."""
+        skip = {s for s in METHOD_SECTIONS if s != self.method}
+        return yaml.safe_dump(self.model_dump(exclude=skip, mode="json"), sort_keys=False)
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML config (or none), apply `key=value` overrides, and validate."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{path} must hold a mapping of config keys, not {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    return validate_recipe(raw)
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """`a.b=c` sets raw['a']['b'] to c, parsed as a YAML scalar."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set expects key=value, got {item!r}")
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if isinstance(node.get(part), str) and part == "model":
+            node[part] = {"name": node[part]}
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: `{part}` is not a section")
+    node[parts[-1]] = yaml.safe_load(value) if value else value
+
+
+def validate_recipe(raw: dict) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+        key = ".".join(loc) or "config"
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(loc[:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+            hint = f"; did you mean `{'.'.join(loc[:-1] + close)}`?" if close else f"; valid keys here: {', '.join(valid)}"
+            lines.append(f"unknown config key `{key}`{hint}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(msg if key == "config" else f"{key}: {msg}")
+    return "invalid config: " + "; ".join(lines)
+
+
+def _valid_keys(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)

@@ -1,0 +1,1 @@
+"""Data: readers, formats, rendering with loss masks, batching, and the generated tasks."""

@@ -1,0 +1,75 @@
+"""Recognise a record's format and turn it into the one shape rendering needs.
+
+Chat-shaped formats (`messages`, `instruction`) become a list of `{role, content}` messages and are
+rendered through the model's chat template. `prompt_completion` and `text` stay raw text, following
+TRL's convention: a prompt/completion pair is concatenated as given (plus EOS), untemplated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuna.errors import UserError
+
+ROLES = ("system", "user", "assistant", "tool")
+FORMAT_KEYS = {  # checked in order; the first whose keys a record has wins
+    "messages": ("messages",),
+    "instruction": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
+}
+
+
+@dataclass
+class Example:
+    """Either chat `messages`, or raw `prompt` (untrained) + `completion` (trained) text."""
+
+    messages: list[dict] | None = None
+    prompt: str = ""
+    completion: str = ""
+
+
+def detect_format(records: list[dict]) -> str:
+    first = records[0]
+    for name, keys in FORMAT_KEYS.items():
+        if all(k in first for k in keys):
+            return name
+    shapes = "; ".join(f"{n}: {', '.join(k)}" for n, k in FORMAT_KEYS.items())
+    raise UserError(f"cannot tell the data format from the keys {sorted(first)}; expected one of ({shapes}), or set data.format")
+
+
+def to_example(record: dict, fmt: str, index: int) -> Example:
+    keys = FORMAT_KEYS.get(fmt)
+    if keys is None:
+        raise UserError(f"unknown data format {fmt!r}; use one of {', '.join(FORMAT_KEYS)}")
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise UserError(f"record {index + 1}: format {fmt!r} needs key(s) {', '.join(missing)}")
+    if fmt == "messages":
+        return Example(messages=_check_messages(record["messages"], index))
+    if fmt == "instruction":
+        prompt = _text(record, "instruction", index)
+        if record.get("input"):
+            prompt = f"{prompt}\n\n{_text(record, 'input', index)}"
+        return Example(messages=[{"role": "user", "content": prompt},
+                                 {"role": "assistant", "content": _text(record, "output", index)}])
+    if fmt == "prompt_completion":
+        return Example(prompt=_text(record, "prompt", index), completion=_text(record, "completion", index))
+    return Example(completion=_text(record, "text", index))
+
+
+def _text(record: dict, key: str, index: int) -> str:
+    value = record[key]
+    if not isinstance(value, str):
+        raise UserError(f"record {index + 1}: `{key}` must be a string, got {type(value).__name__}")
+    return value
+
+
+def _check_messages(messages, index: int) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"record {index + 1}: `messages` must be a non-empty list of {{role, content}}")
+    for turn, message in enumerate(messages, start=1):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise UserError(f"record {index + 1}, message {turn}: needs `role` and `content`")
+        if message["role"] not in ROLES:
+            raise UserError(f"record {index + 1}, message {turn}: unknown role {message['role']!r}; use one of {', '.join(ROLES)}")
+    return messages

@@ -1,0 +1,49 @@
+"""The Method interface: which parameters train, and how the result is saved.
+
+The training loop only calls these; it knows nothing about any particular method.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    paper: str
+    knobs: str
+    default_lr: float
+    prepare: Callable[[nn.Module, object], nn.Module]
+    save_final: Callable[[nn.Module, Path], None]
+
+
+def save_full_model(model: nn.Module, out: Path) -> None:
+    model.save_pretrained(out)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks: the ModuleList as long as `config.num_hidden_layers`."""
+    count = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(f"cannot find the {count} decoder layers of {type(model).__name__}")
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = trainable = 0
+    for p in model.parameters():
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total

@@ -1,0 +1,77 @@
+"""Resolve a model spec and load it with its tokenizer.
+
+A spec is one of: an alias (`smollm2-135m`), a local Hugging Face checkpoint directory, a `.gguf`
+file, a hub id already in the local Hugging Face cache (never downloaded), or a tuna run directory
+(its base model plus the trained adapter or weights).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tuna import rundir
+from tuna.errors import UserError
+from tuna.models.gguf_cache import cached_checkpoint, embedded_gguf
+
+ALIASES = {"smollm2-135m": "smollm2-135m-instruct"}
+
+
+def resolve(spec: str) -> str:
+    """A directory or cached hub id that `from_pretrained` can open offline."""
+    if spec in ALIASES:
+        return str(cached_checkpoint(embedded_gguf(), ALIASES[spec]))
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"GGUF file not found: {path}")
+        return str(cached_checkpoint(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is not a model directory (no config.json)")
+        return str(path)
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise UserError(f"model not found: {spec!r}. Use an alias ({', '.join(ALIASES)}), a checkpoint directory, a .gguf file or a cached hub id")
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(spec, "config.json"), str):
+        raise UserError(f"hub model {spec!r} is not in the local Hugging Face cache, and tuna never downloads at run time")
+    return spec
+
+
+def load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(source: str, dtype: torch.dtype = torch.float32):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+
+
+def load_base(spec: str, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) for a base model spec."""
+    source = resolve(spec)
+    return load_model(source, dtype), load_tokenizer(source)
+
+
+def load_any(spec: str, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) for a base model spec or a finished run directory."""
+    path = Path(spec).expanduser()
+    if not rundir.is_run_dir(path):
+        return load_base(spec, dtype)
+    import yaml
+
+    base_spec = yaml.safe_load((path / rundir.CONFIG).read_text())["model"]["name"]
+    final = path / rundir.FINAL
+    if (final / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model, tokenizer = load_base(base_spec, dtype)
+        return PeftModel.from_pretrained(model, final), tokenizer
+    return load_model(str(final), dtype), load_tokenizer(str(final))

@@ -1,0 +1,99 @@
+"""Atomic, exact checkpoints: trainable weights, optimizer, scheduler, RNG states and data position.
+
+A checkpoint is written to a temporary directory and renamed into place, so `checkpoints/step-*`
+only ever holds complete checkpoints and a crash mid-write leaves the last good one untouched.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from tuna.errors import UserError
+from tuna.methods.base import trainable_state
+
+WEIGHTS = "trainable.safetensors"
+STATE = "state.pt"
+META = "meta.json"
+
+
+def fingerprint(model) -> dict:
+    """What a checkpoint must match: the architecture and the exact set of trainable tensors."""
+    config = model.config
+    shapes = sorted((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
+    return {
+        "model_type": config.model_type,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "vocab_size": config.vocab_size,
+        "trainable": hashlib.sha1(repr(shapes).encode()).hexdigest()[:16],
+    }
+
+
+def rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save(directory: Path, step: int, model, state: dict, keep: int) -> Path:
+    """Write checkpoint `step` atomically, then prune to the newest `keep`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"step-{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:07d}-", dir=directory))
+    try:
+        save_file({n: t.contiguous().cpu() for n, t in trainable_state(model).items()}, tmp / WEIGHTS)
+        torch.save(state, tmp / STATE)
+        (tmp / META).write_text(json.dumps({"step": step, "fingerprint": fingerprint(model)}, indent=1))
+        for f in tmp.iterdir():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob("step-*") if (p / META).is_file())
+
+
+def load(path: Path, model) -> dict:
+    """Load weights into `model` after checking it is the model the checkpoint was made for; return the state."""
+    meta = json.loads((path / META).read_text())
+    expected, actual = meta["fingerprint"], fingerprint(model)
+    if expected != actual:
+        diffs = ", ".join(f"{k}: checkpoint {expected.get(k)} vs model {actual.get(k)}"
+                          for k in actual if expected.get(k) != actual[k])
+        raise UserError(f"checkpoint {path} was made for a different model or method ({diffs})")
+    weights = load_file(path / WEIGHTS)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    return torch.load(path / STATE, weights_only=False)

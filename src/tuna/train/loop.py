@@ -1,0 +1,240 @@
+"""The training loop. It knows methods and objectives only through their registries.
+
+One optimizer step = `grad_accum` micro-batches; the loss is normalised by the step's target-token
+count so accumulation is exact. Checkpoints happen only at step boundaries; Ctrl-C asks the loop to
+stop at the next one and save, so every checkpoint is a state an uninterrupted run also passed through.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tuna import rundir
+from tuna.config import Recipe
+from tuna.data.batch import EpochSampler, collate
+from tuna.data.dataset import load_splits
+from tuna.errors import UserError
+from tuna.eval.perplexity import heldout_loss
+from tuna.methods import REGISTRY as METHODS
+from tuna.methods.base import count_parameters
+from tuna.models.load import load_base
+from tuna.objectives import REGISTRY as OBJECTIVES
+from tuna.objectives.sft import count_targets
+from tuna.train import checkpoint
+from tuna.train.device import autocast, resolve_device, resolve_precision
+from tuna.train.metrics import MetricsLog
+
+SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    steps: int
+    tokens: int
+    seconds: float
+    train_loss: float | None
+    eval_loss: float | None
+    eval_ppl: float | None
+    trainable_params: int
+    total_params: int
+    peak_memory_mb: float
+    interrupted: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class StopRequest:
+    """First Ctrl-C: finish the current step, checkpoint, stop. Second: abort at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: no signal handling there
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ntuna: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
+    if recipe.output_dir is None:
+        recipe.output_dir = f"runs/{recipe.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(recipe.output_dir)
+    has_run = bool(checkpoint.checkpoints(run_dir / rundir.CHECKPOINTS)) or (run_dir / rundir.FINAL).exists()
+    if resume and not checkpoint.checkpoints(run_dir / rundir.CHECKPOINTS):
+        raise UserError(f"nothing to resume in {run_dir}: it has no checkpoint")
+    if not resume and has_run:
+        raise UserError(f"{run_dir} already holds a run; resume it with --resume or choose another output_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / rundir.CONFIG).write_text(recipe.to_yaml())
+    return run_dir
+
+
+def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunResult:
+    cfg = recipe.train
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    method, objective = METHODS[recipe.method], OBJECTIVES[recipe.objective]
+    run_dir = prepare_run_dir(recipe, resume)
+    say = lambda msg: print(f"tuna: {msg}", file=sys.stderr)
+
+    seed_everything(cfg.seed)
+    model, tokenizer = load_base(recipe.model.name)
+    splits = load_splits(recipe.data, tokenizer, cfg.seed)
+    model = method.prepare(model, recipe)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(device).train()
+    trainable, total = count_parameters(model)
+
+    sampler = EpochSampler(len(splits.train), cfg.micro_batch_size, cfg.seed)
+    max_steps = cfg.max_steps or math.ceil(cfg.epochs * sampler.batches_per_epoch / cfg.grad_accum)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr or method.default_lr, weight_decay=cfg.weight_decay)
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(SCHEDULES[cfg.schedule], optimizer, num_warmup_steps=round(cfg.warmup_ratio * max_steps),
+                              num_training_steps=max_steps)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    step, tokens = 0, 0
+    ckpt_dir = run_dir / rundir.CHECKPOINTS
+    if resume:
+        latest = checkpoint.checkpoints(ckpt_dir)[-1]
+        state = checkpoint.load(latest, model)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_states(state["rng"])
+        step, tokens = state["step"], state["tokens"]
+        say(f"resumed from {latest} at step {step}")
+
+    say(f"model {recipe.model.name} | method {method.name}: {trainable:,} of {total:,} parameters train "
+        f"({100 * trainable / total:.2f}%) | device {device}, {precision}")
+    say(f"data: train {splits.train_stats.summary()}"
+        + (f"; eval {splits.eval_stats.summary()}" if splits.eval_stats else "; no eval split"))
+    say(f"{max_steps} steps of {cfg.micro_batch_size}×{cfg.grad_accum} examples; run directory {run_dir}")
+
+    def save_checkpoint():
+        state = {"step": step, "tokens": tokens, "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
+                 "rng": checkpoint.rng_states(), "scaler": scaler.state_dict() if scaler else None}
+        return checkpoint.save(ckpt_dir, step, model, state, cfg.keep_checkpoints)
+
+    def evaluate() -> dict:
+        return heldout_loss(model, splits.eval, batch_size=recipe.eval.batch_size, pad_id=tokenizer.pad_token_id,
+                            device=device, autocast=lambda: autocast(precision, device))
+
+    metrics = MetricsLog(run_dir / rundir.METRICS, resume_step=step if resume else None)
+    pad_id = tokenizer.pad_token_id
+    last_loss, last_eval, last_saved = None, None, step if resume else -1
+    started = time.perf_counter()
+    bar = tqdm(total=max_steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    with StopRequest() as stop:
+        while step < max_steps and not stop.requested:
+            t0 = time.perf_counter()
+            micro = [collate([splits.train[i] for i in sampler.next_indices()], pad_id) for _ in range(cfg.grad_accum)]
+            total_targets = max(sum(count_targets(b) for b in micro), 1)
+            loss_value, step_tokens = 0.0, 0
+            for batch in micro:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                step_tokens += int(batch["attention_mask"].sum())
+                with autocast(precision, device):
+                    loss, _ = objective(model, batch, total_targets)
+                (scaler.scale(loss) if scaler else loss).backward()
+                loss_value += float(loss.detach())
+            if not math.isfinite(loss_value):
+                bar.close()
+                metrics.close()
+                good = checkpoint.checkpoints(ckpt_dir)
+                where = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint had been written yet"
+                raise UserError(f"loss became {loss_value} at step {step + 1}: training diverged and the step was not "
+                                f"applied; {where}. Lower train.lr or check the data, then `tuna train --resume {run_dir}`")
+            if scaler:
+                scaler.unscale_(optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")))
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, tokens, last_loss = step + 1, tokens + step_tokens, loss_value
+            seconds = time.perf_counter() - t0
+            record = {"step": step, "train/loss": loss_value, "train/lr": lr, "train/grad_norm": grad_norm,
+                      "train/tokens_per_s": step_tokens / seconds, "train/tokens": tokens, "epoch": sampler.epoch}
+            if splits.eval and (step == max_steps or (recipe.eval.every and step % recipe.eval.every == 0)):
+                last_eval = evaluate()
+                record.update({"eval/loss": last_eval["loss"], "eval/ppl": last_eval["ppl"]})
+            metrics.write(record)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{step_tokens / seconds:.0f}", refresh=False)
+            bar.update(1)
+            if cfg.save_every and step % cfg.save_every == 0:
+                save_checkpoint()
+                last_saved = step
+    bar.close()
+    if last_saved != step:
+        save_checkpoint()
+    interrupted = step < max_steps
+    if interrupted:
+        metrics.close()
+        say(f"stopped at step {step}; resume with: tuna train --resume {run_dir}")
+    else:
+        metrics.close()
+        save_final(method, model, tokenizer, run_dir)
+    result = RunResult(run_dir=str(run_dir), steps=step, tokens=tokens, seconds=time.perf_counter() - started,
+                       train_loss=last_loss, eval_loss=last_eval and last_eval["loss"],
+                       eval_ppl=last_eval and last_eval["ppl"], trainable_params=trainable, total_params=total,
+                       peak_memory_mb=peak_memory_mb(device), interrupted=interrupted)
+    (run_dir / rundir.SUMMARY).write_text(json.dumps(asdict(result), indent=1))
+    return result
+
+
+def save_final(method, model, tokenizer, run_dir: Path) -> None:
+    """The final model or adapter, plus the tokenizer, renamed into `final/` once complete."""
+    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=run_dir))
+    method.save_final(model, tmp)
+    tokenizer.save_pretrained(tmp)
+    target = run_dir / rundir.FINAL
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
