@@ -1,0 +1,126 @@
+import json
+
+import pytest
+import torch
+
+from tuna.errors import UserError
+from tuna.objectives import REGISTRY as OBJECTIVES
+from tuna.train import checkpoint
+from tuna.train.loop import train
+from tuna.train.metrics import read_metrics
+
+
+def losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["train/loss"] for r in read_metrics(run_dir / "metrics.jsonl")}
+
+
+def failing_objective(monkeypatch, at_call: int, failure):
+    """Make the SFT objective misbehave on its `at_call`-th call (a crash, or a NaN loss)."""
+    real, calls = OBJECTIVES["sft"], {"n": 0}
+
+    def objective(model, batch, total):
+        calls["n"] += 1
+        loss, stats = real(model, batch, total)
+        if calls["n"] == at_call:
+            if failure == "crash":
+                raise RuntimeError("simulated crash")
+            loss = loss * float("nan")
+        return loss, stats
+
+    monkeypatch.setitem(OBJECTIVES, "sft", objective)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(tiny_recipe, tmp_path, monkeypatch, method):
+    options = dict(method=method, train={"max_steps": 8, "save_every": 2, "lr": 5e-3})
+    whole = train(tiny_recipe(**options, output_dir=str(tmp_path / "whole")), progress=False)
+    assert whole.steps == 8
+
+    failing_objective(monkeypatch, at_call=6, failure="crash")  # dies during step 6; step 4 is the last checkpoint
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny_recipe(**options, output_dir=str(crashed)), progress=False)
+    assert [p.name for p in checkpoint.checkpoints(crashed / "checkpoints")] == ["step-0000002", "step-0000004"]
+    monkeypatch.undo()
+
+    resumed = train(tiny_recipe(**options, output_dir=str(crashed)), resume=True, progress=False)
+    assert resumed.steps == 8
+    expected, got = losses(tmp_path / "whole"), losses(crashed)
+    assert sorted(got) == list(range(1, 9))  # metrics.jsonl keeps one line per step, none duplicated
+    for step in range(1, 9):
+        assert got[step] == pytest.approx(expected[step], abs=1e-5), step
+    assert len(set(expected.values())) > 1
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_recipe, tmp_path, monkeypatch):
+    failing_objective(monkeypatch, at_call=5, failure="nan")
+    recipe = tiny_recipe(train={"max_steps": 8, "save_every": 2})
+    with pytest.raises(UserError, match=r"loss became nan at step 5.*last good checkpoint is .*step-0000004"):
+        train(recipe, progress=False)
+    run = tmp_path / "run"
+    assert not (run / "final").exists()
+    assert [p.name for p in checkpoint.checkpoints(run / "checkpoints")] == ["step-0000002", "step-0000004"]
+    monkeypatch.undo()
+    assert train(tiny_recipe(train={"max_steps": 8, "save_every": 2}), resume=True, progress=False).steps == 8
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(tiny_recipe, tmp_path, monkeypatch):
+    real_save, calls = torch.save, {"n": 0}
+
+    def flaky_save(obj, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", flaky_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(tiny_recipe(train={"max_steps": 6, "save_every": 2}), progress=False)
+    directory = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in directory.iterdir()] == ["step-0000002"]  # no partial step-4, no temporary left behind
+    assert json.loads((directory / "step-0000002" / "meta.json").read_text())["step"] == 2
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_recipe, tmp_path):
+    big = train(tiny_recipe(lora={"dropout": 0.0}, train={"micro_batch_size": 4, "grad_accum": 1, "max_steps": 4},
+                            output_dir=str(tmp_path / "big")), progress=False)
+    accum = train(tiny_recipe(lora={"dropout": 0.0}, train={"micro_batch_size": 2, "grad_accum": 2, "max_steps": 4},
+                              output_dir=str(tmp_path / "accum")), progress=False)
+    a, b = losses(tmp_path / "big"), losses(tmp_path / "accum")
+    for step in range(1, 5):
+        assert a[step] == pytest.approx(b[step], abs=1e-5)
+
+
+def test_run_directory_layout_and_metrics(tiny_recipe, tmp_path):
+    result = train(tiny_recipe(train={"max_steps": 6}, eval={"every": 3}), progress=False)
+    run = tmp_path / "run"
+    assert {"config.yaml", "metrics.jsonl", "checkpoints", "final", "summary.json"} <= {p.name for p in run.iterdir()}
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s"} <= set(records[0])
+    assert [r["step"] for r in records if "eval/loss" in r] == [3, 6]
+    assert result.eval_loss == records[-1]["eval/loss"]
+    assert records[0]["train/lr"] > records[-1]["train/lr"]  # cosine decays
+
+
+def test_an_existing_run_is_not_overwritten(tiny_recipe):
+    train(tiny_recipe(train={"max_steps": 2}), progress=False)
+    with pytest.raises(UserError, match="already holds a run; resume it with --resume"):
+        train(tiny_recipe(train={"max_steps": 2}), progress=False)
+
+
+def test_a_checkpoint_from_a_different_model_is_refused(tiny_recipe, tiny_dirs):
+    failing = tiny_recipe(train={"max_steps": 4, "save_every": 2})
+    train(failing, progress=False)
+    other = tiny_recipe(model=str(tiny_dirs["qwen2"]), train={"max_steps": 8, "save_every": 2})
+    with pytest.raises(UserError, match="was made for a different model or method .*model_type: checkpoint llama vs model qwen2"):
+        train(other, resume=True, progress=False)
+
+
+def test_cuda_asked_for_but_absent_and_fp16_on_cpu(tiny_recipe):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UserError, match="no CUDA device is available"):
+        train(tiny_recipe(train={"device": "cuda"}), progress=False)
+    with pytest.raises(UserError, match="fp16 needs a CUDA device"):
+        train(tiny_recipe(train={"precision": "fp16"}), progress=False)
