@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common], help="fine-tune the embedded model on a generated task, before/after",
                        description="LoRA-tune the embedded SmolLM2-135M-Instruct on the CPU to rewrite dates as ISO "
                                    "8601; print exact match and general-text perplexity before and after.")
-    p.add_argument("--steps", type=int, default=120, help="optimizer steps of 8 examples (default 120)")
+    p.add_argument("--steps", type=int, default=40, help="optimizer steps of 8 examples (default 40)")
     p.add_argument("--output-dir", help="where to write the run (default runs/demo-<time>)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_demo)

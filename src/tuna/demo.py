@@ -39,7 +39,7 @@ def score(model_spec: str, heldout: list[dict], general: list[dict]) -> Scores:
     return Scores(hits / len(heldout), ppl)
 
 
-def run_demo(output_dir: str | None = None, steps: int = 120, train_examples: int = 2000, heldout_examples: int = 200,
+def run_demo(output_dir: str | None = None, steps: int = 40, train_examples: int = 2000, heldout_examples: int = 200,
              seed: int = 0) -> dict:
     run_dir = Path(output_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     data_dir = run_dir / "data"
