@@ -2,7 +2,7 @@
 import os
 
 # Nothing downloads at run time: every hub lookup resolves from the local cache or fails clearly.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 __version__ = "0.1.0"

@@ -191,8 +191,6 @@ def cmd_chat(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
-
     from tuna.data.read import read_records
     from tuna.data.render import render_records
     from tuna.eval.perplexity import heldout_loss
@@ -202,7 +200,7 @@ def cmd_eval(args) -> int:
     items, stats = render_records(records, args.format, tokenizer, train_on=args.train_on,
                                   max_tokens=args.max_tokens, overflow="truncate")
     result = heldout_loss(model, items, batch_size=args.batch_size, pad_id=tokenizer.pad_token_id,
-                          device=next(model.parameters()).device if torch.cuda.is_available() else torch.device("cpu"))
+                          device=next(model.parameters()).device)
     print(json.dumps({"loss": result["loss"], "ppl": result["ppl"], "tokens": result["tokens"],
                       "examples": stats.kept, "data": stats.summary()}, indent=1))
     return 0

@@ -82,7 +82,8 @@ def print_report(report: dict, heldout_examples: int) -> None:
     print(f"{'general-text perplexity':34}{ppl['before']:>10.2f}{ppl['after']:>10.2f}   ({change:+.1f}%: forgetting)")
     t = report["train"]
     print(f"\ntrained {t['steps']} steps, {t['tokens']:,} tokens in {t['seconds']:.0f} s "
-          f"({t['tokens'] / max(t['seconds'], 1e-9):.0f} tokens/s); whole demo {report['total_seconds']:.0f} s")
+          f"({t['tokens'] / max(t['seconds'], 1e-9):.0f} tokens/s, model loading and evaluation included); "
+          f"whole demo {report['total_seconds']:.0f} s")
     print(f"run directory: {report['run_dir']}  (try: tuna chat --model {report['run_dir']})")
 
 

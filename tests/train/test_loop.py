@@ -110,8 +110,7 @@ def test_an_existing_run_is_not_overwritten(tiny_recipe):
 
 
 def test_a_checkpoint_from_a_different_model_is_refused(tiny_recipe, tiny_dirs):
-    failing = tiny_recipe(train={"max_steps": 4, "save_every": 2})
-    train(failing, progress=False)
+    train(tiny_recipe(train={"max_steps": 4, "save_every": 2}), progress=False)
     other = tiny_recipe(model=str(tiny_dirs["qwen2"]), train={"max_steps": 8, "save_every": 2})
     with pytest.raises(UserError, match="was made for a different model or method .*model_type: checkpoint llama vs model qwen2"):
         train(other, resume=True, progress=False)
@@ -124,3 +123,22 @@ def test_cuda_asked_for_but_absent_and_fp16_on_cpu(tiny_recipe):
         train(tiny_recipe(train={"device": "cuda"}), progress=False)
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
         train(tiny_recipe(train={"precision": "fp16"}), progress=False)
+
+
+def test_gradient_checkpointing_is_enabled_and_changes_no_loss(tiny_recipe, tmp_path, monkeypatch):
+    from transformers import PreTrainedModel
+
+    enabled, real_enable = [], PreTrainedModel.gradient_checkpointing_enable
+
+    def spy(model, *args, **kwargs):
+        enabled.append(type(model).__name__)
+        return real_enable(model, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "gradient_checkpointing_enable", spy)
+    for name, on in (("plain", False), ("ckpt", True)):
+        recipe = tiny_recipe(lora={"dropout": 0.0}, train={"max_steps": 3, "gradient_checkpointing": on},
+                             output_dir=str(tmp_path / name))
+        train(recipe, progress=False)
+        assert bool(enabled) == on
+    plain, ckpt = losses(tmp_path / "plain"), losses(tmp_path / "ckpt")
+    assert all(plain[s] == pytest.approx(ckpt[s], abs=1e-5) for s in (1, 2, 3))
