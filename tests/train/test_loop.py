@@ -128,13 +128,13 @@ def test_cuda_asked_for_but_absent_and_fp16_on_cpu(tiny_recipe):
 def test_gradient_checkpointing_is_enabled_and_changes_no_loss(tiny_recipe, tmp_path, monkeypatch):
     from transformers import PreTrainedModel
 
-    enabled, real_enable = [], PreTrainedModel.gradient_checkpointing_enable
+    enabled, real_enable = [], PreTrainedModel.activation_checkpointing_enable
 
     def spy(model, *args, **kwargs):
         enabled.append(type(model).__name__)
         return real_enable(model, *args, **kwargs)
 
-    monkeypatch.setattr(PreTrainedModel, "gradient_checkpointing_enable", spy)
+    monkeypatch.setattr(PreTrainedModel, "activation_checkpointing_enable", spy)
     for name, on in (("plain", False), ("ckpt", True)):
         recipe = tiny_recipe(lora={"dropout": 0.0}, train={"max_steps": 3, "gradient_checkpointing": on},
                              output_dir=str(tmp_path / name))

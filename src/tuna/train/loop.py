@@ -119,7 +119,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
     splits = load_splits(recipe.data, tokenizer, cfg.seed)
     model = method.prepare(model, recipe)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.to(device).train()
     trainable, total = count_parameters(model)
 
