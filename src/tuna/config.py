@@ -52,6 +52,11 @@ class LoraConfig(Section):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
+class HftConfig(Section):
+    rounds: int = Field(4, ge=1, description="how often the trained half is re-drawn over the run")
+    seed: int = Field(0, description="seeds the half chosen in each round")
+
+
 class TrainConfig(Section):
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; when unset, `epochs` decides")
     epochs: float = Field(1.0, gt=0)
@@ -75,15 +80,16 @@ class EvalConfig(Section):
     batch_size: int = Field(8, ge=1)
 
 
-METHOD_SECTIONS = ("freeze", "lora")
+METHOD_SECTIONS = ("freeze", "lora", "hft")
 
 
 class Recipe(Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
-    method: Literal["full", "freeze", "lora"] = "lora"
+    method: Literal["full", "freeze", "lora", "hft"] = "lora"
     freeze: FreezeConfig = FreezeConfig()
     lora: LoraConfig = LoraConfig()
+    hft: HftConfig = HftConfig()
     objective: Literal["sft"] = "sft"
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()

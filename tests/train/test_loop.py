@@ -30,7 +30,7 @@ def failing_objective(monkeypatch, at_call: int, failure):
     monkeypatch.setitem(OBJECTIVES, "sft", objective)
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("method", ["lora", "full", "hft"])
 def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(tiny_recipe, tmp_path, monkeypatch, method):
     options = dict(method=method, train={"max_steps": 8, "save_every": 2, "lr": 5e-3})
     whole = train(tiny_recipe(**options, output_dir=str(tmp_path / "whole")), progress=False)

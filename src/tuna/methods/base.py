@@ -21,6 +21,9 @@ class Method:
     default_lr: float
     prepare: Callable[[nn.Module, object], nn.Module]
     save_final: Callable[[nn.Module, Path], None]
+    # Called before every optimizer step with (model, recipe, step, max_steps); may change which
+    # of the prepared parameters receive gradients this step (HFT rounds).
+    on_step_start: Callable[[nn.Module, object, int, int], None] | None = None
 
 
 def save_full_model(model: nn.Module, out: Path) -> None:
@@ -36,8 +39,13 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise ValueError(f"cannot find the {count} decoder layers of {type(model).__name__}")
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+def trainable_names(model: nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def named_state(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    return {name: params[name].detach() for name in names}
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -18,17 +18,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tuna.errors import UserError
-from tuna.methods.base import trainable_state
+from tuna.methods.base import named_state
 
 WEIGHTS = "trainable.safetensors"
 STATE = "state.pt"
 META = "meta.json"
 
 
-def fingerprint(model) -> dict:
-    """What a checkpoint must match: the architecture and the exact set of trainable tensors."""
+def fingerprint(model, names: list[str]) -> dict:
+    """What a checkpoint must match: the architecture and the exact set of trained tensors."""
     config = model.config
-    shapes = sorted((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
+    params = dict(model.named_parameters())
+    shapes = sorted((n, tuple(params[n].shape)) for n in names)
     return {
         "model_type": config.model_type,
         "hidden_size": config.hidden_size,
@@ -53,15 +54,15 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save(directory: Path, step: int, model, state: dict, keep: int) -> Path:
-    """Write checkpoint `step` atomically, then prune to the newest `keep`."""
+def save(directory: Path, step: int, model, names: list[str], state: dict, keep: int) -> Path:
+    """Write checkpoint `step` (the tensors `names`, plus `state`) atomically, then prune to the newest `keep`."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:07d}-", dir=directory))
     try:
-        save_file({n: t.contiguous().cpu() for n, t in trainable_state(model).items()}, tmp / WEIGHTS)
+        save_file({n: t.contiguous().cpu() for n, t in named_state(model, names).items()}, tmp / WEIGHTS)
         torch.save(state, tmp / STATE)
-        (tmp / META).write_text(json.dumps({"step": step, "fingerprint": fingerprint(model)}, indent=1))
+        (tmp / META).write_text(json.dumps({"step": step, "fingerprint": fingerprint(model, names)}, indent=1))
         for f in tmp.iterdir():
             with f.open("rb") as fh:
                 os.fsync(fh.fileno())
@@ -83,10 +84,10 @@ def checkpoints(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("step-*") if (p / META).is_file())
 
 
-def load(path: Path, model) -> dict:
+def load(path: Path, model, names: list[str]) -> dict:
     """Load weights into `model` after checking it is the model the checkpoint was made for; return the state."""
     meta = json.loads((path / META).read_text())
-    expected, actual = meta["fingerprint"], fingerprint(model)
+    expected, actual = meta["fingerprint"], fingerprint(model, names)
     if expected != actual:
         diffs = ", ".join(f"{k}: checkpoint {expected.get(k)} vs model {actual.get(k)}"
                           for k in actual if expected.get(k) != actual[k])

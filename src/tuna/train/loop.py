@@ -29,7 +29,7 @@ from tuna.data.dataset import load_splits
 from tuna.errors import UserError
 from tuna.eval.perplexity import heldout_loss
 from tuna.methods import REGISTRY as METHODS
-from tuna.methods.base import count_parameters
+from tuna.methods.base import count_parameters, trainable_names
 from tuna.models.load import load_base
 from tuna.objectives import REGISTRY as OBJECTIVES
 from tuna.objectives.sft import count_targets
@@ -121,7 +121,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.to(device).train()
-    trainable, total = count_parameters(model)
+    trained = trainable_names(model)  # what the optimizer owns and checkpoints hold, whatever a step trains
 
     sampler = EpochSampler(len(splits.train), cfg.micro_batch_size, cfg.seed)
     max_steps = cfg.max_steps or math.ceil(cfg.epochs * sampler.batches_per_epoch / cfg.grad_accum)
@@ -136,7 +136,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
     ckpt_dir = run_dir / rundir.CHECKPOINTS
     if resume:
         latest = checkpoint.checkpoints(ckpt_dir)[-1]
-        state = checkpoint.load(latest, model)
+        state = checkpoint.load(latest, model, trained)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
@@ -146,6 +146,9 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
         step, tokens = state["step"], state["tokens"]
         say(f"resumed from {latest} at step {step}")
 
+    if method.on_step_start:
+        method.on_step_start(model, recipe, step, max_steps)
+    trainable, total = count_parameters(model)
     say(f"model {recipe.model.name} | method {method.name}: {trainable:,} of {total:,} parameters train "
         f"({100 * trainable / total:.2f}%) | device {device}, {precision}")
     say(f"data: train {splits.train_stats.summary()}"
@@ -156,7 +159,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
         state = {"step": step, "tokens": tokens, "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
                  "rng": checkpoint.rng_states(), "scaler": scaler.state_dict() if scaler else None}
-        return checkpoint.save(ckpt_dir, step, model, state, cfg.keep_checkpoints)
+        return checkpoint.save(ckpt_dir, step, model, trained, state, cfg.keep_checkpoints)
 
     def evaluate() -> dict:
         return heldout_loss(model, splits.eval, batch_size=recipe.eval.batch_size, pad_id=tokenizer.pad_token_id,
@@ -170,6 +173,8 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
     with StopRequest() as stop:
         while step < max_steps and not stop.requested:
             t0 = time.perf_counter()
+            if method.on_step_start:
+                method.on_step_start(model, recipe, step, max_steps)
             micro = [collate([splits.train[i] for i in sampler.next_indices()], pad_id) for _ in range(cfg.grad_accum)]
             total_targets = max(sum(count_targets(b) for b in micro), 1)
             loss_value, step_tokens = 0.0, 0
