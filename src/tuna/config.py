@@ -80,13 +80,15 @@ class EvalConfig(Section):
     batch_size: int = Field(8, ge=1)
 
 
+# The knob section each method reads; a section set for any other method is an error.
+SECTION_OF_METHOD = {"freeze": "freeze", "lora": "lora", "dora": "lora", "rslora": "lora", "hft": "hft"}
 METHOD_SECTIONS = ("freeze", "lora", "hft")
 
 
 class Recipe(Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
-    method: Literal["full", "freeze", "lora", "hft"] = "lora"
+    method: Literal["full", "freeze", "lora", "dora", "rslora", "hft"] = "lora"
     freeze: FreezeConfig = FreezeConfig()
     lora: LoraConfig = LoraConfig()
     hft: HftConfig = HftConfig()
@@ -104,7 +106,8 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "Recipe":
-        stray = [s for s in METHOD_SECTIONS if s in self.model_fields_set and s != self.method]
+        own = SECTION_OF_METHOD.get(self.method)
+        stray = [s for s in METHOD_SECTIONS if s in self.model_fields_set and s != own]
         if stray:
             raise ValueError(f"`{stray[0]}.*` knobs are set but method is `{self.method}`; remove them or set method: {stray[0]}")
         if self.data.format == "text" and "train_on" in self.data.model_fields_set and self.data.train_on == "completion":
@@ -113,7 +116,7 @@ class Recipe(Section):
 
     def to_yaml(self) -> str:
         """The resolved config, with only the selected method's section."""
-        skip = {s for s in METHOD_SECTIONS if s != self.method}
+        skip = {s for s in METHOD_SECTIONS if s != SECTION_OF_METHOD.get(self.method)}
         return yaml.safe_dump(self.model_dump(exclude=skip, mode="json"), sort_keys=False)
 
 

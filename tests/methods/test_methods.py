@@ -57,3 +57,29 @@ def test_decoder_layers_found_for_llama_and_qwen2(tiny_dirs):
     for directory in tiny_dirs.values():
         model, _ = load_base(str(directory))
         assert len(decoder_layers(model)) == model.config.num_hidden_layers
+
+
+def test_dora_adds_trained_magnitude_vectors_and_loads_with_plain_peft(tiny_recipe, tiny_model_dir, tmp_path):
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    train(tiny_recipe(method="dora", lora={"r": 4}, train={"max_steps": 3, "lr": 5e-2}), progress=False)
+    final = tmp_path / "run" / "final"
+    assert json.loads((final / "adapter_config.json").read_text())["use_dora"] is True
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), final)
+    fresh = REGISTRY["dora"].prepare(load_base(str(tiny_model_dir))[0], tiny_recipe(method="dora", lora={"r": 4}))
+    magnitudes = {n: p for n, p in fresh.named_parameters() if "lora_magnitude_vector" in n}
+    assert len(magnitudes) == 14 and all(p.requires_grad for p in magnitudes.values())
+    trained = dict(adapted.named_parameters())
+    assert any(not torch.allclose(trained[n], p) for n, p in magnitudes.items())  # the magnitudes were trained
+
+
+def test_rslora_scales_by_alpha_over_sqrt_r(tiny_recipe, tiny_model_dir):
+    plain = REGISTRY["lora"].prepare(load_base(str(tiny_model_dir))[0], tiny_recipe(lora={"r": 16, "alpha": 8}))
+    stable = REGISTRY["rslora"].prepare(load_base(str(tiny_model_dir))[0], tiny_recipe(method="rslora", lora={"r": 16, "alpha": 8}))
+    q_plain = plain.base_model.model.model.layers[0].self_attn.q_proj
+    q_stable = stable.base_model.model.model.layers[0].self_attn.q_proj
+    assert q_plain.scaling["default"] == pytest.approx(8 / 16)
+    assert q_stable.scaling["default"] == pytest.approx(8 / 4)
