@@ -55,9 +55,14 @@ def prepare(model, recipe):
 
 
 def on_step_start(model, recipe, step: int, max_steps: int) -> None:
-    chosen = selected_units(model, recipe.hft.seed, round_of(step, recipe.hft.rounds, max_steps))
+    """Apply the round's half when the round changes (or on the first call, e.g. after a resume)."""
+    round_index = round_of(step, recipe.hft.rounds, max_steps)
+    if getattr(model, "_hft_round", None) == round_index:
+        return
+    chosen = selected_units(model, recipe.hft.seed, round_index)
     for name, p in model.named_parameters():
         p.requires_grad_(name.rsplit(".", 1)[0] in chosen)
+    model._hft_round = round_index
 
 
 METHOD = Method(name="hft", summary="train a random half of each parameter category, re-drawn each round",
