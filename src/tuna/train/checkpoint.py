@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from tuna.atomic import atomic_directory
 from tuna.errors import UserError
 from tuna.methods.base import named_state
 
@@ -56,22 +55,11 @@ def set_rng_states(states: dict) -> None:
 
 def save(directory: Path, step: int, model, names: list[str], state: dict, keep: int) -> Path:
     """Write checkpoint `step` (the tensors `names`, plus `state`) atomically, then prune to the newest `keep`."""
-    directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"step-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:07d}-", dir=directory))
-    try:
+    with atomic_directory(target) as tmp:
         save_file({n: t.contiguous().cpu() for n, t in named_state(model, names).items()}, tmp / WEIGHTS)
         torch.save(state, tmp / STATE)
         (tmp / META).write_text(json.dumps({"step": step, "fingerprint": fingerprint(model, names)}, indent=1))
-        for f in tmp.iterdir():
-            with f.open("rb") as fh:
-                os.fsync(fh.fileno())
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in checkpoints(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target

@@ -10,10 +10,8 @@ import json
 import math
 import random
 import resource
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tuna import rundir
+from tuna.atomic import atomic_directory
 from tuna.config import Recipe
 from tuna.data.batch import EpochSampler, collate
 from tuna.data.dataset import load_splits
@@ -236,10 +235,6 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
 
 def save_final(method, model, tokenizer, run_dir: Path) -> None:
     """The final model or adapter, plus the tokenizer, renamed into `final/` once complete."""
-    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=run_dir))
-    method.save_final(model, tmp)
-    tokenizer.save_pretrained(tmp)
-    target = run_dir / rundir.FINAL
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    with atomic_directory(run_dir / rundir.FINAL) as tmp:
+        method.save_final(model, tmp)
+        tokenizer.save_pretrained(tmp)

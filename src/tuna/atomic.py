@@ -1,0 +1,33 @@
+"""Directories that appear complete or not at all: build in a temporary sibling, then rename."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_directory(target: Path, *, keep_existing: bool = False):
+    """Yield a temporary directory that becomes `target` when the block succeeds and is removed when it fails.
+
+    An existing `target` is replaced, unless `keep_existing` (another process finished first; theirs stands).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            if f.is_file():
+                with f.open("rb") as fh:
+                    os.fsync(fh.fileno())
+        if target.exists():
+            if keep_existing:
+                shutil.rmtree(tmp)
+                return
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
