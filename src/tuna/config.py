@@ -33,6 +33,8 @@ class DataConfig(Section):
     max_tokens: int = Field(1024, ge=8, description="longest rendered example, in tokens")
     overflow: Literal["truncate", "drop"] = "truncate"
     eval_split: float | str = Field(0.1, description="held-out fraction in [0, 1), or a file of its own")
+    mask_thought_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Masked Thought: fraction of response "
+                                      "input tokens replaced by a mask token (labels keep the originals)")
 
     @model_validator(mode="after")
     def _check_split(self) -> "DataConfig":
@@ -50,11 +52,46 @@ class LoraConfig(Section):
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    init: Literal["default", "gaussian", "pissa", "eva", "corda_kpm", "corda_ipm"] = Field(
+        "default", description="adapter initialisation (PEFT): default is A random, B zero")
+    plus_ratio: float | None = Field(None, ge=1.0, description="LoRA+: learning rate of B over that of A (paper: 16)")
+    calibration_batches: int = Field(8, ge=1, description="micro-batches EVA and CorDA read to initialise")
+
+
+class SparseConfig(Section):
+    density: float = Field(0.01, gt=0.0, le=1.0, description="fraction of the decoder layers' weight entries that train")
+    calibration_batches: int = Field(8, ge=1, description="micro-batches whose gradient chooses the entries")
+
+
+class S2ftConfig(Section):
+    heads_per_layer: int = Field(2, ge=0, description="attention heads per block whose output-projection columns train")
+    ffn_channels: int = Field(64, ge=0, description="FFN channels per block whose down-projection columns train")
+    seed: int = Field(0, description="seeds the choice of heads and channels")
+
+    @model_validator(mode="after")
+    def _something_trains(self) -> "S2ftConfig":
+        if self.heads_per_layer == 0 and self.ffn_channels == 0:
+            raise ValueError("s2ft.heads_per_layer and s2ft.ffn_channels are both 0: nothing would train")
+        return self
+
+
+class ChainLoraConfig(Section):
+    rounds: int = Field(3, ge=1, description="LoRA rounds; after each, the adapter merges into the base and restarts")
 
 
 class HftConfig(Section):
     rounds: int = Field(4, ge=1, description="how often the trained half is re-drawn over the run")
     seed: int = Field(0, description="seeds the half chosen in each round")
+
+
+class OptimConfig(Section):
+    layer_decay: float | None = Field(None, gt=0.0, le=1.0, description="learning rate x decay^(depth from the top)")
+    clip_per_component: bool = Field(False, description="clip each module's gradient norm to train.max_grad_norm "
+                                     "on its own instead of the global norm")
+
+
+class InitConfig(Section):
+    reinit_top_layers: int = Field(0, ge=0, description="re-initialise the top k decoder layers before training")
 
 
 class TrainConfig(Section):
@@ -70,6 +107,8 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     gradient_checkpointing: bool = False
+    neftune_alpha: float | None = Field(None, gt=0, description="NEFTune: uniform noise of alpha/sqrt(L*d) on the "
+                                        "input embeddings while training (paper: 5)")
     seed: int = 0
     save_every: int = Field(100, ge=0, description="checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = Field(2, ge=1)
@@ -80,19 +119,26 @@ class EvalConfig(Section):
     batch_size: int = Field(8, ge=1)
 
 
-# The knob section each method reads; a section set for any other method is an error.
-SECTION_OF_METHOD = {"freeze": "freeze", "lora": "lora", "dora": "lora", "rslora": "lora", "hft": "hft"}
-METHOD_SECTIONS = ("freeze", "lora", "hft")
+# The knob sections each method reads; a section set for any other method is an error.
+SECTIONS_OF_METHOD = {"full": (), "freeze": ("freeze",), "lora": ("lora",), "dora": ("lora",), "rslora": ("lora",),
+                      "hft": ("hft",), "sparse": ("sparse",), "s2ft": ("s2ft",), "chain_lora": ("lora", "chain_lora")}
+METHOD_SECTIONS = ("freeze", "lora", "hft", "sparse", "s2ft", "chain_lora")
+MethodName = Literal["full", "freeze", "lora", "dora", "rslora", "hft", "sparse", "s2ft", "chain_lora"]
 
 
 class Recipe(Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
-    method: Literal["full", "freeze", "lora", "dora", "rslora", "hft"] = "lora"
+    method: MethodName = "lora"
     freeze: FreezeConfig = FreezeConfig()
     lora: LoraConfig = LoraConfig()
     hft: HftConfig = HftConfig()
+    sparse: SparseConfig = SparseConfig()
+    s2ft: S2ftConfig = S2ftConfig()
+    chain_lora: ChainLoraConfig = ChainLoraConfig()
     objective: Literal["sft"] = "sft"
+    init: InitConfig = InitConfig()
+    optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     output_dir: str | None = Field(None, description="run directory; unset: runs/<method>-<time>")
@@ -106,17 +152,19 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "Recipe":
-        own = SECTION_OF_METHOD.get(self.method)
-        stray = [s for s in METHOD_SECTIONS if s in self.model_fields_set and s != own]
+        own = SECTIONS_OF_METHOD[self.method]
+        stray = [s for s in METHOD_SECTIONS if s in self.model_fields_set and s not in own]
         if stray:
-            raise ValueError(f"`{stray[0]}.*` knobs are set but method is `{self.method}`; remove them or set method: {stray[0]}")
+            users = [m for m, sections in SECTIONS_OF_METHOD.items() if stray[0] in sections]
+            raise ValueError(f"`{stray[0]}.*` knobs are set but method is `{self.method}`; remove them or set "
+                             f"method: {' or '.join(users)}")
         if self.data.format == "text" and "train_on" in self.data.model_fields_set and self.data.train_on == "completion":
             raise ValueError("data.train_on: completion needs prompts and completions; plain `text` data trains on all tokens")
         return self
 
     def to_yaml(self) -> str:
         """The resolved config, with only the selected method's section."""
-        skip = {s for s in METHOD_SECTIONS if s != SECTION_OF_METHOD.get(self.method)}
+        skip = {s for s in METHOD_SECTIONS if s not in SECTIONS_OF_METHOD[self.method]}
         return yaml.safe_dump(self.model_dump(exclude=skip, mode="json"), sort_keys=False)
 
 

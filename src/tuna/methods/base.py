@@ -19,11 +19,20 @@ class Method:
     paper: str
     knobs: str
     default_lr: float
-    prepare: Callable[[nn.Module, object], nn.Module]
+    # (model, recipe, calibration) -> the model, with exactly the parameters that train requiring
+    # grad. `calibration` (tuna.data.calibration) serves data-driven inits; it may be None in tests.
+    prepare: Callable[..., nn.Module]
     save_final: Callable[[nn.Module, Path], None]
-    # Called before every optimizer step with (model, recipe, step, max_steps); may change which
-    # of the prepared parameters receive gradients this step (HFT rounds).
-    on_step_start: Callable[[nn.Module, object, int, int], None] | None = None
+    # Before every optimizer step, with (model, recipe, step, max_steps): may change which prepared
+    # parameters get gradients (HFT rounds) or re-initialise them (Chain of LoRA). Returns True when
+    # trained values were reset, so the loop drops their optimizer state.
+    on_step_start: Callable[[nn.Module, object, int, int], bool] | None = None
+    # Per-parameter learning-rate multipliers by name (LoRA+); missing names use 1.
+    lr_scales: Callable[[nn.Module, object], dict[str, float]] | None = None
+    # What a checkpoint must hold besides the trainable tensors to resume exactly (sparse indices,
+    # merged Chain-of-LoRA rounds), and how to put it back.
+    extra_state: Callable[[nn.Module], dict] | None = None
+    load_extra_state: Callable[[nn.Module, dict], None] | None = None
 
 
 def save_full_model(model: nn.Module, out: Path) -> None:

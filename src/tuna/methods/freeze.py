@@ -7,7 +7,7 @@ from tuna.errors import UserError
 from tuna.methods.base import Method, decoder_layers, save_full_model
 
 
-def prepare(model, recipe):
+def prepare(model, recipe, calibration=None):
     layers = decoder_layers(model)
     k = recipe.freeze.trainable_layers
     if k > len(layers):

@@ -2,7 +2,7 @@
 from tuna.methods.base import Method, save_full_model
 
 
-def prepare(model, recipe):
+def prepare(model, recipe, calibration=None):
     for p in model.parameters():
         p.requires_grad_(True)
     return model

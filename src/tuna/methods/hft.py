@@ -48,7 +48,7 @@ def round_of(step: int, rounds: int, max_steps: int) -> int:
     return min(step * rounds // max(max_steps, 1), rounds - 1)
 
 
-def prepare(model, recipe):
+def prepare(model, recipe, calibration=None):
     for p in model.parameters():
         p.requires_grad_(True)
     return model

@@ -1,37 +1,121 @@
-"""LoRA and its PEFT variants (DoRA, rsLoRA): low-rank adapters saved in the standard PEFT format.
+"""LoRA and its PEFT variants: low-rank adapters saved in the standard PEFT format.
 
-The variants are PEFT's own implementations, selected by a flag; all read the `lora.*` knobs.
+Everything here is PEFT's own implementation, selected by config: DoRA and rsLoRA by flag, the
+PiSSA / EVA / CorDA initialisations by `lora.init`, and LoRA+'s separate learning rate for B by
+`lora.plus_ratio` (PEFT's grouping of the parameters, read back as learning-rate multipliers).
+PiSSA and CorDA move the principal part of each weight into the adapter, so the base changes; the
+saved adapter is converted back (rank 2r) so it applies to the original, unmodified base model.
 """
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
 from peft import LoraConfig, get_peft_model
 
 from tuna.errors import UserError
 from tuna.methods.base import Method
 
+PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "eva": "eva",
+             "corda_kpm": "corda", "corda_ipm": "corda"}
+CHANGES_BASE = ("pissa", "corda_kpm", "corda_ipm")
 
-def prepare(model, recipe, **variant):
+
+def targeted_linears(model, target_modules) -> dict[str, torch.nn.Linear]:
+    """The linear modules LoRA will wrap; unknown names are an error listing the real ones."""
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name}
+    if target_modules == "all-linear":
+        output = model.get_output_embeddings()
+        return {name: m for name, m in linears.items() if m is not output}
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = sorted(set(target_modules) - present)
+    if missing:
+        names = sorted({name.rsplit(".", 1)[-1] for name in linears})
+        raise UserError(f"lora.target_modules {missing} not in the model; its linear modules are: {', '.join(names)}")
+    return {name: m for name, m in linears.items() if name.rsplit(".", 1)[-1] in target_modules}
+
+
+def peft_config(model, recipe, **variant) -> LoraConfig:
     cfg = recipe.lora
-    if cfg.target_modules != "all-linear":
-        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        missing = sorted(set(cfg.target_modules) - present)
-        if missing:
-            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
-            raise UserError(f"lora.target_modules {missing} not in the model; its linear modules are: {', '.join(linear)}")
-    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                        target_modules=cfg.target_modules, task_type="CAUSAL_LM", **variant)
-    return get_peft_model(model, config)
+    targets = targeted_linears(model, cfg.target_modules)
+    smallest = min(min(m.in_features, m.out_features) for m in targets.values())
+    if cfg.r > smallest:
+        raise UserError(f"lora.r is {cfg.r} but the smallest targeted layer has dimension {smallest}; "
+                        f"choose lora.r <= {smallest}")
+    extra = {}
+    if cfg.init == "eva":
+        from peft import EvaConfig
+
+        extra["eva_config"] = EvaConfig()
+    elif cfg.init.startswith("corda"):
+        from peft.tuners.lora.config import CordaConfig
+
+        extra["corda_config"] = CordaConfig(corda_method=cfg.init.removeprefix("corda_"), verbose=False)
+    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
+                      init_lora_weights=PEFT_INIT[cfg.init], task_type="CAUSAL_LM", **extra, **variant)
+
+
+@torch.no_grad()
+def run_forward(model, batches: list[dict]) -> None:
+    for batch in batches:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+def prepare(model, recipe, calibration=None, **variant):
+    cfg = recipe.lora
+    config = peft_config(model, recipe, **variant)
+    if cfg.init in ("eva", "corda_kpm", "corda_ipm") and calibration is None:
+        raise UserError(f"lora.init: {cfg.init} needs calibration data")
+    if cfg.init.startswith("corda"):
+        from peft.tuners.lora.corda import preprocess_corda
+
+        # KPM keeps what the model knows: its covariance comes from general text. IPM previews the task.
+        batches = (calibration.general if cfg.init == "corda_kpm" else calibration.task)(cfg.calibration_batches)
+        preprocess_corda(model, config, run_model=lambda: run_forward(model, batches))
+    model = get_peft_model(model, config)
+    if cfg.init == "eva":
+        from peft import initialize_lora_eva_weights
+
+        initialize_lora_eva_weights(model, dataloader=calibration.task(cfg.calibration_batches), show_progress_bar=False)
+    if cfg.init in CHANGES_BASE:
+        # PEFT's recipe: keep the initial adapter, flagged as plain LoRA, for the conversion at save time.
+        model.peft_config["default"].init_lora_weights = True
+        home = Path(recipe.output_dir) if recipe.output_dir else Path(tempfile.mkdtemp(prefix="tuna-"))
+        model.tuna_initial_adapter = home / "lora_init"
+        model.save_pretrained(model.tuna_initial_adapter)
+    return model
 
 
 def save_adapter(model, out):
-    model.save_pretrained(out)
+    initial = getattr(model, "tuna_initial_adapter", None)
+    model.save_pretrained(out, path_initial_model_for_weight_conversion=str(initial) if initial else None)
 
 
-KNOBS = "lora.r, lora.alpha, lora.dropout, lora.target_modules"
-METHOD = Method(name="lora", summary="low-rank adapters on linear layers (PEFT)",
-                paper="LoRA: Low-Rank Adaptation of Large Language Models", knobs=KNOBS,
-                default_lr=2e-4, prepare=prepare, save_final=save_adapter)
-DORA = Method(name="dora", summary="LoRA with the weight split into magnitude and direction (PEFT use_dora)",
-              paper="DoRA: Weight-Decomposed Low-Rank Adaptation", knobs=KNOBS, default_lr=2e-4,
-              prepare=lambda model, recipe: prepare(model, recipe, use_dora=True), save_final=save_adapter)
-RSLORA = Method(name="rslora", summary="LoRA scaled by alpha/sqrt(r) instead of alpha/r (PEFT use_rslora)",
-                paper="A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA", knobs=KNOBS, default_lr=2e-4,
-                prepare=lambda model, recipe: prepare(model, recipe, use_rslora=True), save_final=save_adapter)
+def plus_lr_scales(model, recipe) -> dict[str, float]:
+    """LoRA+: B (and PEFT's other group-B tensors) learn `lora.plus_ratio` times faster than A."""
+    ratio = recipe.lora.plus_ratio
+    if not ratio:
+        return {}
+    from peft.optimizers import create_loraplus_optimizer
+
+    grouped = create_loraplus_optimizer(model, torch.optim.SGD, lr=1.0, loraplus_lr_ratio=ratio)
+    ids = {id(p): name for name, p in model.named_parameters()}
+    return {ids[id(p)]: group["lr"] for group in grouped.param_groups for p in group["params"]}
+
+
+KNOBS = "lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.init, lora.plus_ratio, lora.calibration_batches"
+
+
+def lora_method(name: str, summary: str, paper: str, **variant) -> Method:
+    return Method(name=name, summary=summary, paper=paper, knobs=KNOBS, default_lr=2e-4,
+                  prepare=lambda model, recipe, calibration=None: prepare(model, recipe, calibration, **variant),
+                  save_final=save_adapter, lr_scales=plus_lr_scales)
+
+
+METHOD = lora_method("lora", "low-rank adapters on linear layers (PEFT); inits pissa|eva|corda_*, LoRA+ by ratio",
+                     "LoRA: Low-Rank Adaptation of Large Language Models")
+DORA = lora_method("dora", "LoRA with the weight split into magnitude and direction (PEFT use_dora)",
+                   "DoRA: Weight-Decomposed Low-Rank Adaptation", use_dora=True)
+RSLORA = lora_method("rslora", "LoRA scaled by alpha/sqrt(r) instead of alpha/r (PEFT use_rslora)",
+                     "A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA", use_rslora=True)

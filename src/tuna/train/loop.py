@@ -24,17 +24,22 @@ from tuna import rundir
 from tuna.atomic import atomic_directory
 from tuna.config import Recipe
 from tuna.data.batch import EpochSampler, collate
+from tuna.data.calibration import build_calibration
 from tuna.data.dataset import load_splits
+from tuna.data.mask_thought import mask_thought, mask_token_id
 from tuna.errors import UserError
 from tuna.eval.perplexity import heldout_loss
 from tuna.methods import REGISTRY as METHODS
 from tuna.methods.base import count_parameters, trainable_names
 from tuna.models.load import load_base
+from tuna.models.reinit import check_reinitialised_layers_train, reinit_top_layers
 from tuna.objectives import REGISTRY as OBJECTIVES
 from tuna.objectives.sft import count_targets
 from tuna.train import checkpoint
 from tuna.train.device import autocast, resolve_device, resolve_precision
 from tuna.train.metrics import MetricsLog
+from tuna.train.neftune import add_neftune
+from tuna.train.optim import build_optimizer, clip_gradients
 
 SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
@@ -116,16 +121,23 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
     seed_everything(cfg.seed)
     model, tokenizer = load_base(recipe.model.name)
     splits = load_splits(recipe.data, tokenizer, cfg.seed)
-    model = method.prepare(model, recipe)
+    if recipe.init.reinit_top_layers:
+        reinit_top_layers(model, recipe.init.reinit_top_layers)
+    model.to(device)
+    calibration = build_calibration(splits.train, tokenizer, cfg.micro_batch_size, device, cfg.seed)
+    model = method.prepare(model, recipe, calibration)
+    if recipe.init.reinit_top_layers:
+        check_reinitialised_layers_train(model, recipe.init.reinit_top_layers, method.name)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model.to(device).train()
+    if cfg.neftune_alpha:
+        add_neftune(model, cfg.neftune_alpha)
+    model.train()
     trained = trainable_names(model)  # what the optimizer owns and checkpoints hold, whatever a step trains
 
     sampler = EpochSampler(len(splits.train), cfg.micro_batch_size, cfg.seed)
     max_steps = cfg.max_steps or math.ceil(cfg.epochs * sampler.batches_per_epoch / cfg.grad_accum)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr or method.default_lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model, recipe, method, cfg.lr or method.default_lr)
     from transformers import get_scheduler
 
     scheduler = get_scheduler(SCHEDULES[cfg.schedule], optimizer, num_warmup_steps=round(cfg.warmup_ratio * max_steps),
@@ -142,14 +154,20 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_states(state["rng"])
+        if method.load_extra_state:
+            method.load_extra_state(model, state["method"])
         step, tokens = state["step"], state["tokens"]
         say(f"resumed from {latest} at step {step}")
 
-    if method.on_step_start:
-        method.on_step_start(model, recipe, step, max_steps)
+    def begin_step():
+        if method.on_step_start and method.on_step_start(model, recipe, step, max_steps):
+            optimizer.state.clear()  # the method re-initialised what trains: old moments no longer apply
+
+    begin_step()
     trainable, total = count_parameters(model)
     say(f"model {recipe.model.name} | method {method.name}: {trainable:,} of {total:,} parameters train "
-        f"({100 * trainable / total:.2f}%) | device {device}, {precision}")
+        f"({100 * trainable / total:.2f}%) | device {device}, {precision} | peak memory so far "
+        f"{peak_memory_mb(device):,.0f} MiB")
     say(f"data: train {splits.train_stats.summary()}"
         + (f"; eval {splits.eval_stats.summary()}" if splits.eval_stats else "; no eval split"))
     say(f"{max_steps} steps of {cfg.micro_batch_size}×{cfg.grad_accum} examples; run directory {run_dir}")
@@ -157,7 +175,8 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
     def save_checkpoint():
         state = {"step": step, "tokens": tokens, "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
-                 "rng": checkpoint.rng_states(), "scaler": scaler.state_dict() if scaler else None}
+                 "rng": checkpoint.rng_states(), "scaler": scaler.state_dict() if scaler else None,
+                 "method": method.extra_state(model) if method.extra_state else None}
         return checkpoint.save(ckpt_dir, step, model, trained, state, cfg.keep_checkpoints)
 
     def evaluate() -> dict:
@@ -166,15 +185,18 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
 
     metrics = MetricsLog(run_dir / rundir.METRICS, resume_step=step if resume else None)
     pad_id = tokenizer.pad_token_id
+    mask_id = mask_token_id(tokenizer) if recipe.data.mask_thought_ratio else None
     last_loss, last_eval, last_saved = None, None, step if resume else -1
     started = time.perf_counter()
     bar = tqdm(total=max_steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     with StopRequest() as stop:
         while step < max_steps and not stop.requested:
             t0 = time.perf_counter()
-            if method.on_step_start:
-                method.on_step_start(model, recipe, step, max_steps)
+            begin_step()
             micro = [collate([splits.train[i] for i in sampler.next_indices()], pad_id) for _ in range(cfg.grad_accum)]
+            if recipe.data.mask_thought_ratio:
+                masking = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+                micro = [mask_thought(b, recipe.data.mask_thought_ratio, mask_id, masking) for b in micro]
             total_targets = max(sum(count_targets(b) for b in micro), 1)
             loss_value, step_tokens = 0.0, 0
             for batch in micro:
@@ -193,7 +215,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
                                 f"applied; {where}. Lower train.lr or check the data, then `tuna train --resume {run_dir}`")
             if scaler:
                 scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")))
+            grad_norm = clip_gradients(model, cfg.max_grad_norm, recipe.optim.clip_per_component)
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()

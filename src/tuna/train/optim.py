@@ -1,0 +1,59 @@
+"""The optimizer and gradient clipping, shaped by the `optim.*` knobs and the method.
+
+Per-parameter learning-rate multipliers come from two sources and multiply: the method's own
+(LoRA+ gives B a larger rate) and layer-wise decay (BLURB / ELECTRA style: the top block gets
+lr·d, each block below one more factor d, the embeddings d^(L+1), the final norm and head lr).
+Parameters with equal multipliers share a group, so the scheduler scales every group alike.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from tuna.methods.base import decoder_layers
+
+
+def layer_decay_scales(model, decay: float) -> dict[int, float]:
+    """id(parameter) -> decay^(depth from the top), for every parameter of the model."""
+    layers = decoder_layers(model)
+    count = len(layers)
+    depth = {id(p): count + 1 for p in model.get_input_embeddings().parameters()}
+    for index, layer in enumerate(layers):
+        depth.update({id(p): count - index for p in layer.parameters()})
+    return {id(p): decay ** depth.get(id(p), 0) for p in model.parameters()}
+
+
+def build_optimizer(model, recipe, method, lr: float) -> torch.optim.AdamW:
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    scales = {id(p): 1.0 for _, p in named}
+    if method.lr_scales:
+        by_name = method.lr_scales(model, recipe)
+        scales = {id(p): scales[id(p)] * by_name.get(name, 1.0) for name, p in named}
+    if recipe.optim.layer_decay:
+        decay = layer_decay_scales(model, recipe.optim.layer_decay)
+        scales = {key: value * decay[key] for key, value in scales.items()}
+    groups: dict[float, list] = defaultdict(list)
+    for _, p in named:
+        groups[scales[id(p)]].append(p)
+    return torch.optim.AdamW([{"params": params, "lr": lr * scale} for scale, params in sorted(groups.items())],
+                             lr=lr, weight_decay=recipe.train.weight_decay)
+
+
+def clip_gradients(model, max_norm: float | None, per_component: bool) -> float:
+    """Clip, and return the global gradient norm before clipping.
+
+    Per component: each module's parameters (a weight and its bias) are clipped to `max_norm` on
+    their own, so a component with large gradients cannot shrink the update of all the others.
+    """
+    named = [(name, p) for name, p in model.named_parameters() if p.grad is not None]
+    params = [p for _, p in named]
+    if not per_component:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf")))
+    total = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    components: dict[str, list] = defaultdict(list)
+    for name, p in named:
+        components[name.rsplit(".", 1)[0]].append(p)
+    for members in components.values():
+        torch.nn.utils.clip_grad_norm_(members, max_norm)
+    return total
