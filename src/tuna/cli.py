@@ -92,9 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("export", parents=[common], help="export a run as a merged transformers checkpoint",
-                       description="Merge a run's adapter into its base model and write a plain transformers checkpoint.")
-    p.add_argument("run_dir", metavar="RUN", help="a finished run directory")
+                       description="Merge a run's adapter or sparse delta into its base model and write a plain "
+                                   "transformers checkpoint. With --apply-delta, add sparse deltas (from sparse or "
+                                   "s2ft runs) to MODEL one after another: deltas compose by addition.")
+    p.add_argument("run_dir", metavar="RUN", help="a finished run directory (or, with --apply-delta, any model)")
     p.add_argument("--merge", required=True, metavar="OUT", help="directory to write the merged checkpoint to")
+    p.add_argument("--apply-delta", nargs="+", action="extend", default=[], metavar="DELTA",
+                   help="sparse delta files or sparse/s2ft run directories to add")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("demo", parents=[common], help="fine-tune the embedded model on a generated task, before/after",
@@ -209,7 +213,7 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     from tuna.export import export_merged
 
-    print(f"merged checkpoint written to {export_merged(args.run_dir, args.merge)}")
+    print(f"merged checkpoint written to {export_merged(args.run_dir, args.merge, args.apply_delta)}")
     return 0
 
 
@@ -221,8 +225,11 @@ def cmd_demo(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from tuna.methods import REGISTRY
+    from tuna.methods import ANY_METHOD_KNOBS, REGISTRY
 
     for m in REGISTRY.values():
-        print(f"{m.name:10} {m.summary}\n{'':10} knobs: {m.knobs}; default lr {m.default_lr:g}; paper: {m.paper}")
+        print(f"{m.name:11} {m.summary}\n{'':11} knobs: {m.knobs}; default lr {m.default_lr:g}; paper: {m.paper}")
+    print("\nwith any method:")
+    for key, summary, paper in ANY_METHOD_KNOBS:
+        print(f"  {key:25} {summary}; paper: {paper}")
     return 0

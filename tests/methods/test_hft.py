@@ -1,7 +1,8 @@
 """HFT's defining mechanism: half of every category trains, the frozen half stays bit-identical, re-drawn per round."""
 import torch
 
-from tuna.methods.hft import categories, round_of, selected_units
+from tuna.methods.base import round_of
+from tuna.methods.hft import categories, selected_units
 from tuna.models.load import load_base
 from tuna.train.loop import train
 

@@ -35,6 +35,11 @@ class Method:
     load_extra_state: Callable[[nn.Module, dict], None] | None = None
 
 
+def round_of(step: int, rounds: int, max_steps: int) -> int:
+    """Which of `rounds` equal parts of the run `step` falls in (HFT, Chain of LoRA)."""
+    return min(step * rounds // max(max_steps, 1), rounds - 1)
+
+
 def save_full_model(model: nn.Module, out: Path) -> None:
     model.save_pretrained(out)
 

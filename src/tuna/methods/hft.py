@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from tuna.methods.base import Method, decoder_layers, save_full_model
+from tuna.methods.base import Method, decoder_layers, round_of, save_full_model
 
 
 def categories(model) -> dict[str, list[str]]:
@@ -42,10 +42,6 @@ def selected_units(model, seed: int, round_index: int) -> set[str]:
         k = len(units) // 2 + (len(units) % 2 if position % 2 else 0)
         chosen.update(rng.sample(units, k))
     return chosen
-
-
-def round_of(step: int, rounds: int, max_steps: int) -> int:
-    return min(step * rounds // max(max_steps, 1), rounds - 1)
 
 
 def prepare(model, recipe, calibration=None):

@@ -2,7 +2,7 @@
 
 A spec is one of: an alias (`smollm2-135m`), a local Hugging Face checkpoint directory, a `.gguf`
 file, a hub id already in the local Hugging Face cache (never downloaded), or a tuna run directory
-(its base model plus the trained adapter or weights).
+(its base model plus the trained adapter, sparse delta or weights).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 
 from tuna import rundir
 from tuna.errors import UserError
+from tuna.models import sparse_delta
 from tuna.models.gguf_cache import cached_checkpoint, embedded_gguf
 
 ALIASES = {"smollm2-135m": "smollm2-135m-instruct"}
@@ -74,4 +75,8 @@ def load_any(spec: str, dtype: torch.dtype = torch.float32):
 
         model, tokenizer = load_base(base_spec, dtype)
         return PeftModel.from_pretrained(model, final), tokenizer
+    if (final / sparse_delta.FILE).is_file():
+        model, _ = load_base(base_spec, dtype)
+        sparse_delta.apply_delta(model, final)
+        return model, load_tokenizer(str(final))
     return load_model(str(final), dtype), load_tokenizer(str(final))
