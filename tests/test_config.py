@@ -43,3 +43,35 @@ def test_resolved_yaml_round_trips_and_omits_other_methods_sections():
     dumped = yaml.safe_load(recipe.to_yaml())
     assert "lora" not in dumped and dumped["freeze"]["trainable_layers"] == 3
     assert validate_recipe(dumped) == recipe
+
+
+def test_chain_lora_reads_both_its_own_and_the_lora_knobs():
+    recipe = validate_recipe({"method": "chain_lora", "chain_lora": {"rounds": 2}, "lora": {"r": 4}})
+    assert (recipe.chain_lora.rounds, recipe.lora.r) == (2, 4)
+    with pytest.raises(UserError, match="`chain_lora.\\*` knobs are set but method is `lora`; .*set method: chain_lora"):
+        validate_recipe({"method": "lora", "chain_lora": {"rounds": 2}})
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"method": "sparse", "sparse": {"density": 0}}, "sparse.density"),
+    ({"lora": {"r": 0}}, "lora.r"),
+    ({"lora": {"plus_ratio": 0.5}}, "lora.plus_ratio"),
+    ({"method": "s2ft", "s2ft": {"heads_per_layer": 0, "ffn_channels": 0}}, "nothing would train"),
+    ({"optim": {"layer_decay": 1.5}}, "optim.layer_decay"),
+    ({"data": {"mask_thought_ratio": 1.0}}, "data.mask_thought_ratio"),
+    ({"optim": {"clip_per_component": True}, "train": {"max_grad_norm": None}}, "train.max_grad_norm, which is unset"),
+])
+def test_out_of_range_knobs_fail_at_validation(raw, message):
+    with pytest.raises(UserError, match=message):
+        validate_recipe(raw)
+
+
+def test_every_example_config_validates():
+    from pathlib import Path
+
+    from tuna.config import load_recipe
+    from tuna.methods import REGISTRY
+
+    examples = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.yaml"))
+    methods = {load_recipe(path).method for path in examples}
+    assert methods == set(REGISTRY)  # every method has an example

@@ -158,6 +158,8 @@ class Recipe(Section):
             users = [m for m, sections in SECTIONS_OF_METHOD.items() if stray[0] in sections]
             raise ValueError(f"`{stray[0]}.*` knobs are set but method is `{self.method}`; remove them or set "
                              f"method: {' or '.join(users)}")
+        if self.optim.clip_per_component and self.train.max_grad_norm is None:
+            raise ValueError("optim.clip_per_component clips to train.max_grad_norm, which is unset")
         if self.data.format == "text" and "train_on" in self.data.model_fields_set and self.data.train_on == "completion":
             raise ValueError("data.train_on: completion needs prompts and completions; plain `text` data trains on all tokens")
         return self

@@ -38,7 +38,8 @@ KNOBS = {"train": {"neftune_alpha": 5.0}, "data": {"mask_thought_ratio": 0.2},
     ("lora", {}), ("full", {}), ("hft", {}), ("sparse", {"sparse": {"density": 0.05, "calibration_batches": 2}}),
     ("s2ft", {"s2ft": {"heads_per_layer": 1, "ffn_channels": 8}}), ("chain_lora", {"chain_lora": {"rounds": 4}}),
     ("lora", KNOBS),  # noise, masking, per-group rates and per-component clipping all resume exactly
-], ids=["lora", "full", "hft", "sparse", "s2ft", "chain_lora", "lora+knobs"])
+    ("dora", {"lora": {"r": 4}}), ("lora", {"lora": {"r": 4, "init": "pissa"}}),
+], ids=["lora", "full", "hft", "sparse", "s2ft", "chain_lora", "lora+knobs", "dora", "pissa"])
 def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(tiny_recipe, tmp_path, monkeypatch, method, extra):
     train_options = {"max_steps": 8, "save_every": 2, "lr": 5e-3, **extra.get("train", {})}
     options = dict(method=method, **{**extra, "train": train_options})
