@@ -39,11 +39,12 @@ def targeted_linears(model, target_modules) -> dict[str, torch.nn.Linear]:
 def peft_config(model, recipe, **variant) -> LoraConfig:
     cfg = recipe.lora
     targets = targeted_linears(model, cfg.target_modules)
-    smallest = min(min(m.in_features, m.out_features) for m in targets.values())
-    if cfg.r > smallest:
+    # targets can hold no linear at all (LoRA on embed_tokens only): then there is no linear to check
+    smallest = min((min(m.in_features, m.out_features) for m in targets.values()), default=None)
+    if smallest is not None and cfg.r > smallest:
         raise UserError(f"lora.r is {cfg.r} but the smallest targeted layer has dimension {smallest}; "
                         f"choose lora.r <= {smallest}")
-    extra = {}
+    extra, target_modules = {}, cfg.target_modules
     if cfg.init == "eva":
         from peft import EvaConfig
 
@@ -52,14 +53,20 @@ def peft_config(model, recipe, **variant) -> LoraConfig:
         from peft.tuners.lora.config import CordaConfig
 
         extra["corda_config"] = CordaConfig(corda_method=cfg.init.removeprefix("corda_"), verbose=False)
-    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
+        # preprocess_corda matches names itself and knows no "all-linear": hand it the names.
+        target_modules = sorted({name.rsplit(".", 1)[-1] for name in targets})
+    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target_modules,
                       init_lora_weights=PEFT_INIT[cfg.init], task_type="CAUSAL_LM", **extra, **variant)
 
 
 @torch.no_grad()
 def run_forward(model, batches: list[dict]) -> None:
+    """Each example alone and without its padding: CorDA's covariance hook takes a batch of one
+    (it squeezes dim 0 and builds X^T X), and padding would add rows that are not the data."""
     for batch in batches:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
+            keep = mask.bool()
+            model(input_ids=ids[keep].unsqueeze(0), attention_mask=mask[keep].unsqueeze(0))
 
 
 def prepare(model, recipe, calibration=None, **variant):
@@ -80,7 +87,9 @@ def prepare(model, recipe, calibration=None, **variant):
         initialize_lora_eva_weights(model, dataloader=calibration.task(cfg.calibration_batches), show_progress_bar=False)
     if cfg.init in CHANGES_BASE:
         # PEFT's recipe: keep the initial adapter, flagged as plain LoRA, for the conversion at save time.
+        # CorDA's settings are spent; left in, every load of the saved adapter warns that they are ignored.
         model.peft_config["default"].init_lora_weights = True
+        model.peft_config["default"].corda_config = None
         home = Path(recipe.output_dir) if recipe.output_dir else Path(tempfile.mkdtemp(prefix="tuna-"))
         model.tuna_initial_adapter = home / "lora_init"
         model.save_pretrained(model.tuna_initial_adapter)
@@ -93,13 +102,19 @@ def save_adapter(model, out):
 
 
 def plus_lr_scales(model, recipe) -> dict[str, float]:
-    """LoRA+: B (and PEFT's other group-B tensors) learn `lora.plus_ratio` times faster than A."""
+    """LoRA+: B (and PEFT's other group-B tensors) learn `lora.plus_ratio` times faster than A.
+
+    PEFT's grouping is read with lr 1, so each group's lr is a multiplier. Its embedding group takes
+    an absolute lr (1e-6 by default) rather than a multiple: given 1 here, embedding adapters train
+    at the base rate instead of at lr * 1e-6.
+    """
     ratio = recipe.lora.plus_ratio
     if not ratio:
         return {}
     from peft.optimizers import create_loraplus_optimizer
 
-    grouped = create_loraplus_optimizer(model, torch.optim.SGD, lr=1.0, loraplus_lr_ratio=ratio)
+    grouped = create_loraplus_optimizer(model, torch.optim.SGD, lr=1.0, loraplus_lr_ratio=ratio,
+                                        loraplus_lr_embedding=1.0)
     ids = {id(p): name for name, p in model.named_parameters()}
     return {ids[id(p)]: group["lr"] for group in grouped.param_groups for p in group["params"]}
 

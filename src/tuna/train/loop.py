@@ -221,7 +221,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
                 scaler.update()
             else:
                 optimizer.step()
-            lr = scheduler.get_last_lr()[0]
+            lr = scheduler.get_last_lr()[0] / optimizer.param_groups[0]["lr_scale"]  # the base rate, not a group's
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step, tokens, last_loss = step + 1, tokens + step_tokens, loss_value

@@ -2,7 +2,8 @@
 
 Per-parameter learning-rate multipliers come from two sources and multiply: the method's own
 (LoRA+ gives B a larger rate) and layer-wise decay (BLURB / ELECTRA style: the top block gets
-lr·d, each block below one more factor d, the embeddings d^(L+1), the final norm and head lr).
+lr·d, each block below one more factor d, the embeddings d^(L+1), the final norm and head lr; a head
+tied to the embeddings is the same tensor and gets their d^(L+1)).
 Parameters with equal multipliers share a group, so the scheduler scales every group alike.
 """
 from __future__ import annotations
@@ -36,7 +37,9 @@ def build_optimizer(model, recipe, method, lr: float) -> torch.optim.AdamW:
     groups: dict[float, list] = defaultdict(list)
     for _, p in named:
         groups[scales[id(p)]].append(p)
-    return torch.optim.AdamW([{"params": params, "lr": lr * scale} for scale, params in sorted(groups.items())],
+    # `lr_scale` stays in each group (and its state dict) so a reader can tell the base rate from a group's rate
+    return torch.optim.AdamW([{"params": params, "lr": lr * scale, "lr_scale": scale}
+                              for scale, params in sorted(groups.items())],
                              lr=lr, weight_decay=recipe.train.weight_decay)
 
 
@@ -51,6 +54,8 @@ def clip_gradients(model, max_norm: float | None, per_component: bool) -> float:
     if not per_component:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf")))
     total = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    if max_norm is None:
+        return total
     components: dict[str, list] = defaultdict(list)
     for name, p in named:
         components[name.rsplit(".", 1)[0]].append(p)
