@@ -18,14 +18,19 @@ def model_and_ids(tiny_model_dir):
     return model, ids
 
 
-def test_training_embeddings_get_uniform_noise_of_alpha_over_sqrt_length_times_width(model_and_ids):
-    model, ids = model_and_ids
+def training_noise(model, ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clean embeddings, what NEFTune adds to them in train mode)."""
     embed = model.get_input_embeddings()
     with torch.no_grad():
         clean = embed(ids)
         add_neftune(model, ALPHA)
         model.train()
-        noise = embed(ids) - clean
+        return clean, embed(ids) - clean
+
+
+def test_training_embeddings_get_uniform_noise_of_alpha_over_sqrt_length_times_width(model_and_ids):
+    model, ids = model_and_ids
+    clean, noise = training_noise(model, ids)
     length, width = ids.size(1), clean.size(-1)
     bound = ALPHA / math.sqrt(length * width)
     assert noise.abs().max() <= bound * (1 + 1e-5)
@@ -38,12 +43,7 @@ def test_training_embeddings_get_uniform_noise_of_alpha_over_sqrt_length_times_w
 def test_the_noise_scales_with_the_padded_length(model_and_ids):
     model, _ = model_and_ids
     ids = torch.randint(3, model.config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(1))
-    embed = model.get_input_embeddings()
-    with torch.no_grad():
-        clean = embed(ids)
-        add_neftune(model, ALPHA)
-        model.train()
-        noise = embed(ids) - clean
+    clean, noise = training_noise(model, ids)
     assert noise.abs().max() <= ALPHA / math.sqrt(64 * clean.size(-1)) * (1 + 1e-5)
 
 
