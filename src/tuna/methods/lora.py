@@ -20,6 +20,7 @@ from tuna.methods.base import Method
 PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "eva": "eva",
              "corda_kpm": "corda", "corda_ipm": "corda"}
 CHANGES_BASE = ("pissa", "corda_kpm", "corda_ipm")
+READS_DATA = ("eva", "corda_kpm", "corda_ipm")
 
 
 def targeted_linears(model, target_modules) -> dict[str, torch.nn.Linear]:
@@ -72,7 +73,7 @@ def run_forward(model, batches: list[dict]) -> None:
 def prepare(model, recipe, calibration=None, **variant):
     cfg = recipe.lora
     config = peft_config(model, recipe, **variant)
-    if cfg.init in ("eva", "corda_kpm", "corda_ipm") and calibration is None:
+    if cfg.init in READS_DATA and calibration is None:
         raise UserError(f"lora.init: {cfg.init} needs calibration data")
     if cfg.init.startswith("corda"):
         from peft.tuners.lora.corda import preprocess_corda

@@ -94,10 +94,9 @@ def load_extra_state(model, state: dict) -> None:
 
 
 def save_final(model, out) -> None:
-    modules = dict(model.named_modules())
-    delta = {f"{name}.weight": (p.indices, p.delta) for name, p in parametrized(model).items()}
-    shapes = {f"{name}.weight": list(modules[name].parametrizations.weight.original.shape)
-              for name in parametrized(model)}
+    modules, deltas = dict(model.named_modules()), parametrized(model)
+    delta = {f"{name}.weight": (p.indices, p.delta) for name, p in deltas.items()}
+    shapes = {f"{name}.weight": list(modules[name].parametrizations.weight.original.shape) for name in deltas}
     save_delta(delta, shapes, out)
 
 
