@@ -22,8 +22,21 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class RopeScaling(Section):
+    type: Literal["linear", "dynamic", "yarn"] = Field(description="linear (position interpolation), dynamic NTK or YaRN")
+    factor: float = Field(gt=1.0, description="new context window over the model's original one")
+    original_max_position_embeddings: int | None = Field(None, ge=1, description="the window the model was trained "
+                                                         "on; unset reads the model config")
+
+
 class ModelConfig(Section):
     name: str = Field(DEFAULT_MODEL, description="alias, local HF directory, .gguf file, cached hub id or run directory")
+    rope_scaling: RopeScaling | None = Field(None, description="extend the context window by rescaling RoPE")
+
+
+class PauseConfig(Section):
+    every: int = Field(256, ge=8, description="insert a pause after the first paragraph break past every N tokens of input")
+    text: str = Field("<pause>", min_length=1, description="the pause marker inserted between segments")
 
 
 class DataConfig(Section):
@@ -35,11 +48,20 @@ class DataConfig(Section):
     eval_split: float | str = Field(0.1, description="held-out fraction in [0, 1), or a file of its own")
     mask_thought_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Masked Thought: fraction of response "
                                       "input tokens replaced by a mask token (labels keep the originals)")
+    batching: Literal["padded", "sorted", "packed"] = Field("padded", description="padded: shuffled padded batches; "
+                                                            "sorted: similar lengths per batch, batch order shuffled; "
+                                                            "packed: examples packed into rows of max_tokens")
+    packing: bool = Field(False, description="shorthand for batching: packed")
+    pause_tokens: PauseConfig | None = Field(None, description="Pause-tuning: pause markers between segments of long inputs")
 
     @model_validator(mode="after")
     def _check_split(self) -> "DataConfig":
         if isinstance(self.eval_split, float) and not 0.0 <= self.eval_split < 1.0:
             raise ValueError("eval_split must be a fraction in [0, 1) or a file path")
+        if self.packing:
+            if "batching" in self.model_fields_set and self.batching != "packed":
+                raise ValueError(f"data.packing: true contradicts data.batching: {self.batching}; set only one")
+            self.batching = "packed"
         return self
 
 
@@ -75,6 +97,10 @@ class S2ftConfig(Section):
         return self
 
 
+class LongLoraConfig(Section):
+    group_size_ratio: float = Field(0.25, gt=0.0, le=1.0, description="S2-Attn group length over the sequence length")
+
+
 class ChainLoraConfig(Section):
     rounds: int = Field(3, ge=1, description="LoRA rounds; after each, the adapter merges into the base and restarts")
 
@@ -107,6 +133,8 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     gradient_checkpointing: bool = False
+    loss_weighting: Literal["token", "sequence"] = Field("token", description="token: every completion token of the "
+                                                         "step counts equally; sequence: every sequence counts equally")
     neftune_alpha: float | None = Field(None, gt=0, description="NEFTune: uniform noise of alpha/sqrt(L*d) on the "
                                         "input embeddings while training (paper: 5)")
     seed: int = 0
@@ -121,9 +149,10 @@ class EvalConfig(Section):
 
 # The knob sections each method reads; a section set for any other method is an error.
 SECTIONS_OF_METHOD = {"full": (), "freeze": ("freeze",), "lora": ("lora",), "dora": ("lora",), "rslora": ("lora",),
-                      "hft": ("hft",), "sparse": ("sparse",), "s2ft": ("s2ft",), "chain_lora": ("lora", "chain_lora")}
-METHOD_SECTIONS = ("freeze", "lora", "hft", "sparse", "s2ft", "chain_lora")
-MethodName = Literal["full", "freeze", "lora", "dora", "rslora", "hft", "sparse", "s2ft", "chain_lora"]
+                      "hft": ("hft",), "sparse": ("sparse",), "s2ft": ("s2ft",), "chain_lora": ("lora", "chain_lora"),
+                      "longlora": ("lora", "longlora")}
+METHOD_SECTIONS = ("freeze", "lora", "hft", "sparse", "s2ft", "chain_lora", "longlora")
+MethodName = Literal["full", "freeze", "lora", "dora", "rslora", "hft", "sparse", "s2ft", "chain_lora", "longlora"]
 
 
 class Recipe(Section):
@@ -136,6 +165,7 @@ class Recipe(Section):
     sparse: SparseConfig = SparseConfig()
     s2ft: S2ftConfig = S2ftConfig()
     chain_lora: ChainLoraConfig = ChainLoraConfig()
+    longlora: LongLoraConfig = LongLoraConfig()
     objective: Literal["sft"] = "sft"
     init: InitConfig = InitConfig()
     optim: OptimConfig = OptimConfig()
