@@ -82,3 +82,17 @@ def test_no_trainable_tokens_is_an_error(tiny_tokenizer):
         render_records(records, "auto", tiny_tokenizer, train_on="completion", max_tokens=64, overflow="truncate")
     with pytest.raises(UserError, match="empty"):
         render_records([], "auto", tiny_tokenizer, train_on="completion", max_tokens=64, overflow="truncate")
+
+
+def test_empty_completions_are_dropped_and_counted(tiny_tokenizer):
+    records = [{"prompt": "Q: 1+1? A:", "completion": " 2"}, {"prompt": "Q: 2+2? A:", "completion": ""},
+               {"prompt": "Q: 3+3? A:", "completion": "  \n"}]
+    kept, stats = render_records(records, "auto", tiny_tokenizer, train_on="completion", max_tokens=64, overflow="drop")
+    assert stats.kept == 1 and stats.dropped_empty_completion == 2
+    assert "2 dropped with an empty completion" in stats.summary()
+    chats = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
+             {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
+    kept, stats = render_records(chats, "auto", tiny_tokenizer, train_on="completion", max_tokens=64, overflow="drop")
+    assert stats.kept == 1 and stats.dropped_empty_completion == 1
+    kept, stats = render_records(records, "auto", tiny_tokenizer, train_on="all", max_tokens=64, overflow="drop")
+    assert stats.kept == 3  # training on all tokens, the prompt still teaches something

@@ -39,7 +39,10 @@ KNOBS = {"train": {"neftune_alpha": 5.0}, "data": {"mask_thought_ratio": 0.2},
     ("s2ft", {"s2ft": {"heads_per_layer": 1, "ffn_channels": 8}}), ("chain_lora", {"chain_lora": {"rounds": 4}}),
     ("lora", KNOBS),  # noise, masking, per-group rates and per-component clipping all resume exactly
     ("dora", {"lora": {"r": 4}}), ("lora", {"lora": {"r": 4, "init": "pissa"}}),
-], ids=["lora", "full", "hft", "sparse", "s2ft", "chain_lora", "lora+knobs", "dora", "pissa"])
+    ("lora", {"data": {"batching": "packed", "max_tokens": 64}, "train": {"loss_weighting": "sequence"}}),
+    ("full", {"data": {"batching": "sorted"}}),
+], ids=["lora", "full", "hft", "sparse", "s2ft", "chain_lora", "lora+knobs", "dora", "pissa", "packed+sequence",
+        "sorted"])
 def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(tiny_recipe, tmp_path, monkeypatch, method, extra):
     train_options = {"max_steps": 8, "save_every": 2, "lr": 5e-3, **extra.get("train", {})}
     options = dict(method=method, **{**extra, "train": train_options})

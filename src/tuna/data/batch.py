@@ -1,58 +1,126 @@
-"""Padded micro-batches in a seeded, resumable order.
+"""Micro-batches in a seeded, resumable order: padded, sorted by length, or packed.
 
-The order of epoch e is a permutation drawn from a generator seeded with (seed, e), so the data
-position is just (epoch, cursor) and a resumed run sees exactly the batches it would have seen.
+- `padded`: a shuffled order, each micro-batch right-padded to its longest example.
+- `sorted` (LongAlign's sorted batching): examples of similar length share a micro-batch, so little
+  is padding; the order of the micro-batches is shuffled so lengths do not drift over the epoch.
+- `packed`: examples packed into bins of `max_tokens` (see `packing`); a micro-batch is
+  `batch_size` bins in one row, with no padding at all.
+
+Epoch e's plan is drawn from a generator seeded with (seed, e), so the data position is just
+(epoch, cursor) and a resumed run sees exactly the batches it would have seen.
+
+Every batch carries `weights`: each position's share of the loss. `token` weighting gives every
+target token 1; `sequence` weighting gives each example's targets 1/(its target count), so each
+example weighs 1 whatever its length (LongAlign's loss weighting). The trainer divides a step's
+weighted loss by the step's total weight, so accumulation splits a step without changing it.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
+from tuna.data.packing import best_fit_decreasing, collate_packed
 from tuna.data.render import IGNORE, Rendered
 
 
-def collate(items: list[Rendered], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors; padding has attention 0 and label -100."""
+def target_weights(item: Rendered, weighting: str = "token") -> list[float]:
+    """Loss weight per position; position 0 predicts nothing, so it never weighs."""
+    targets = [j for j in range(1, len(item.labels)) if item.labels[j] != IGNORE]
+    share = 1.0 if weighting == "token" else 1.0 / max(len(targets), 1)
+    weights = [0.0] * len(item.labels)
+    for j in targets:
+        weights[j] = share
+    return weights
+
+
+def collate(items: list[Rendered], pad_id: int, weighting: str = "token") -> dict[str, torch.Tensor]:
+    """Right-padded tensors; padding has attention 0, label -100 and weight 0."""
     width = max(len(item.input_ids) for item in items)
     input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
     attention = torch.zeros((len(items), width), dtype=torch.long)
+    weights = torch.zeros((len(items), width), dtype=torch.float32)
     for row, item in enumerate(items):
         n = len(item.input_ids)
         input_ids[row, :n] = torch.tensor(item.input_ids)
         labels[row, :n] = torch.tensor(item.labels)
         attention[row, :n] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        weights[row, :n] = torch.tensor(target_weights(item, weighting))
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention, "weights": weights}
 
 
-class EpochSampler:
-    """Yields micro-batches of indices forever, one seeded permutation per epoch."""
+def real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that are not padding."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
 
-    def __init__(self, size: int, batch_size: int, seed: int):
-        self.size, self.batch_size, self.seed = size, batch_size, seed
+
+def epoch_plan(lengths: list[int], batching: str, batch_size: int, bins: list[list[int]] | None,
+               generator: torch.Generator) -> list[list[int]]:
+    """The micro-batches (lists of example indices) of one epoch."""
+    if batching == "packed":
+        order = torch.randperm(len(bins), generator=generator).tolist()
+        return [[i for b in order[s : s + batch_size] for i in bins[b]] for s in range(0, len(order), batch_size)]
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    if batching == "sorted":
+        order.sort(key=lambda i: lengths[i])  # stable: equal lengths keep their random order
+    chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    if batching == "sorted":
+        chunks = [chunks[c] for c in torch.randperm(len(chunks), generator=generator).tolist()]
+    return chunks
+
+
+class TrainBatches:
+    """The training split as an endless, resumable stream of collated micro-batches."""
+
+    def __init__(self, items: list[Rendered], *, batching: str, batch_size: int, max_tokens: int,
+                 weighting: str, pad_id: int, seed: int):
+        self.items, self.batching, self.batch_size = items, batching, batch_size
+        self.weighting, self.pad_id, self.seed, self.max_tokens = weighting, pad_id, seed, max_tokens
+        self.lengths = [len(item.input_ids) for item in items]
+        self.bins = best_fit_decreasing(self.lengths, max_tokens) if batching == "packed" else None
         self.epoch, self.cursor = 0, 0
-        self._order: list[int] | None = None
+        self._plan: list[list[int]] | None = None
 
     @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(self.size / self.batch_size)
+        units = len(self.bins) if self.bins is not None else len(self.items)
+        return -(-units // self.batch_size)
+
+    def padding_fraction(self) -> float:
+        """Share of the first epoch's micro-batch tokens that are padding (packed rows have none)."""
+        if self.bins is not None:
+            return 0.0
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003)
+        plan = epoch_plan(self.lengths, self.batching, self.batch_size, None, generator)
+        computed = sum(len(b) * max(self.lengths[i] for i in b) for b in plan)
+        return 1 - sum(self.lengths) / computed
+
+    def summary(self) -> str:
+        if self.bins is None:
+            return f"{self.batching} batches, {self.padding_fraction():.1%} of their tokens padding"
+        fill = sum(self.lengths) / (len(self.bins) * self.max_tokens)
+        return f"packed into {len(self.bins)} rows of {self.max_tokens} tokens, {fill:.1%} full"
 
     def next_indices(self) -> list[int]:
-        if self.cursor >= self.size:
-            self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
-        if self._order is None:
+        if self.cursor >= self.batches_per_epoch:
+            self.epoch, self.cursor, self._plan = self.epoch + 1, 0, None
+        if self._plan is None:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            self._order = torch.randperm(self.size, generator=generator).tolist()
-        indices = self._order[self.cursor : self.cursor + self.batch_size]
-        self.cursor += len(indices)
-        return indices
+            self._plan = epoch_plan(self.lengths, self.batching, self.batch_size, self.bins, generator)
+        self.cursor += 1
+        return self._plan[self.cursor - 1]
+
+    def next(self) -> dict[str, torch.Tensor]:
+        items = [self.items[i] for i in self.next_indices()]
+        if self.batching == "packed":
+            return collate_packed(items, [target_weights(item, self.weighting) for item in items])
+        return collate(items, self.pad_id, self.weighting)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.cursor, self._order = state["epoch"], state["cursor"], None
+        self.epoch, self.cursor, self._plan = state["epoch"], state["cursor"], None
 
 
 def eval_batches(items: list[Rendered], batch_size: int, pad_id: int):

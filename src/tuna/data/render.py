@@ -31,6 +31,7 @@ class RenderStats:
     truncated: int = 0
     dropped_overlong: int = 0
     dropped_no_target: int = 0
+    dropped_empty_completion: int = 0
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -39,6 +40,8 @@ class RenderStats:
             parts.append(f"{self.truncated} truncated to max_tokens")
         if self.dropped_overlong:
             parts.append(f"{self.dropped_overlong} dropped as over max_tokens")
+        if self.dropped_empty_completion:
+            parts.append(f"{self.dropped_empty_completion} dropped with an empty completion")
         if self.dropped_no_target:
             parts.append(f"{self.dropped_no_target} dropped with no trainable tokens")
         return ", ".join(parts)
@@ -52,7 +55,11 @@ def render_records(records: list[dict], fmt: str, tokenizer, *, train_on: str, m
     stats = RenderStats()
     rendered = []
     for index, record in enumerate(records):
-        item = render_example(to_example(record, fmt, index), tokenizer, train_on=train_on)
+        example = to_example(record, fmt, index)
+        if train_on == "completion" and completion_is_empty(example):
+            stats.dropped_empty_completion += 1
+            continue
+        item = render_example(example, tokenizer, train_on=train_on)
         if len(item.input_ids) > max_tokens:
             if overflow == "drop":
                 stats.dropped_overlong += 1
@@ -67,6 +74,14 @@ def render_records(records: list[dict], fmt: str, tokenizer, *, train_on: str, m
     if not rendered:
         raise UserError(f"no example has trainable tokens ({stats.summary()}); check data.format, data.train_on and data.max_tokens")
     return rendered, stats
+
+
+def completion_is_empty(example: Example) -> bool:
+    """A completion (or every assistant turn) of only whitespace: training on it teaches only to stop."""
+    if example.messages is None:
+        return not example.completion.strip()
+    replies = [m["content"] for m in example.messages if m["role"] == "assistant"]
+    return bool(replies) and not any(str(reply).strip() for reply in replies)
 
 
 def render_example(example: Example, tokenizer, *, train_on: str = "completion") -> Rendered:

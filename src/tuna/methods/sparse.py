@@ -46,7 +46,7 @@ def gradient_scores(model, linears: dict[str, nn.Linear], batches: list[dict]) -
     for module in linears.values():
         module.weight.requires_grad_(True)
     for batch in batches:
-        model(**batch).loss.backward()
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.backward()
     scores = {name: module.weight.grad.abs() for name, module in linears.items()}
     for module in linears.values():
         module.weight.grad = None

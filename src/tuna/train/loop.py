@@ -1,7 +1,7 @@
 """The training loop. It knows methods and objectives only through their registries.
 
-One optimizer step = `grad_accum` micro-batches; the loss is normalised by the step's target-token
-count so accumulation is exact. Checkpoints happen only at step boundaries; Ctrl-C asks the loop to
+One optimizer step = `grad_accum` micro-batches; the loss is normalised by the step's total loss
+weight (target tokens, or sequences with `train.loss_weighting: sequence`) so accumulation is exact. Checkpoints happen only at step boundaries; Ctrl-C asks the loop to
 stop at the next one and save, so every checkpoint is a state an uninterrupted run also passed through.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from tuna import rundir
 from tuna.atomic import atomic_directory
 from tuna.config import Recipe
-from tuna.data.batch import EpochSampler, collate
+from tuna.data.batch import TrainBatches, real_tokens
 from tuna.data.calibration import build_calibration
 from tuna.data.dataset import load_splits
 from tuna.data.mask_thought import mask_thought, mask_token_id
@@ -31,10 +31,11 @@ from tuna.errors import UserError
 from tuna.eval.perplexity import heldout_loss
 from tuna.methods import REGISTRY as METHODS
 from tuna.methods.base import count_parameters, trainable_names
+from tuna.models.attention import use_packed_attention
 from tuna.models.load import load_base
 from tuna.models.reinit import check_reinitialised_layers_train, reinit_top_layers
 from tuna.objectives import REGISTRY as OBJECTIVES
-from tuna.objectives.sft import count_targets
+from tuna.objectives.sft import batch_weight
 from tuna.train import checkpoint
 from tuna.train.device import autocast, resolve_device, resolve_precision
 from tuna.train.metrics import MetricsLog
@@ -124,6 +125,8 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
     if recipe.init.reinit_top_layers:
         reinit_top_layers(model, recipe.init.reinit_top_layers)
     model.to(device)
+    if recipe.data.batching == "packed":
+        use_packed_attention(model)
     calibration = build_calibration(splits.train, tokenizer, cfg.micro_batch_size, device, cfg.seed)
     model = method.prepare(model, recipe, calibration)
     if recipe.init.reinit_top_layers:
@@ -135,8 +138,10 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
     model.train()
     trained = trainable_names(model)  # what the optimizer owns and checkpoints hold, whatever a step trains
 
-    sampler = EpochSampler(len(splits.train), cfg.micro_batch_size, cfg.seed)
-    max_steps = cfg.max_steps or math.ceil(cfg.epochs * sampler.batches_per_epoch / cfg.grad_accum)
+    batches = TrainBatches(splits.train, batching=recipe.data.batching, batch_size=cfg.micro_batch_size,
+                           max_tokens=recipe.data.max_tokens, weighting=cfg.loss_weighting,
+                           pad_id=tokenizer.pad_token_id, seed=cfg.seed)
+    max_steps = cfg.max_steps or math.ceil(cfg.epochs * batches.batches_per_epoch / cfg.grad_accum)
     optimizer = build_optimizer(model, recipe, method, cfg.lr or method.default_lr)
     from transformers import get_scheduler
 
@@ -150,7 +155,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
         state = checkpoint.load(latest, model, trained)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
+        batches.load_state_dict(state["sampler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_states(state["rng"])
@@ -170,11 +175,13 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
         f"{peak_memory_mb(device):,.0f} MiB")
     say(f"data: train {splits.train_stats.summary()}"
         + (f"; eval {splits.eval_stats.summary()}" if splits.eval_stats else "; no eval split"))
-    say(f"{max_steps} steps of {cfg.micro_batch_size}×{cfg.grad_accum} examples; run directory {run_dir}")
+    unit = f"rows of {recipe.data.max_tokens} tokens" if recipe.data.batching == "packed" else "examples"
+    say(f"{max_steps} steps of {cfg.micro_batch_size}×{cfg.grad_accum} {unit} ({batches.summary()}); "
+        f"run directory {run_dir}")
 
     def save_checkpoint():
         state = {"step": step, "tokens": tokens, "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
+                 "scheduler": scheduler.state_dict(), "sampler": batches.state_dict(),
                  "rng": checkpoint.rng_states(), "scaler": scaler.state_dict() if scaler else None,
                  "method": method.extra_state(model) if method.extra_state else None}
         return checkpoint.save(ckpt_dir, step, model, trained, state, cfg.keep_checkpoints)
@@ -184,7 +191,6 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
                             device=device, autocast=lambda: autocast(precision, device))
 
     metrics = MetricsLog(run_dir / rundir.METRICS, resume_step=step if resume else None)
-    pad_id = tokenizer.pad_token_id
     mask_id = mask_token_id(tokenizer) if recipe.data.mask_thought_ratio else None
     last_loss, last_eval, last_saved = None, None, step if resume else -1
     started = time.perf_counter()
@@ -193,17 +199,17 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
         while step < max_steps and not stop.requested:
             t0 = time.perf_counter()
             begin_step()
-            micro = [collate([splits.train[i] for i in sampler.next_indices()], pad_id) for _ in range(cfg.grad_accum)]
+            micro = [batches.next() for _ in range(cfg.grad_accum)]
             if recipe.data.mask_thought_ratio:
                 masking = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
                 micro = [mask_thought(b, recipe.data.mask_thought_ratio, mask_id, masking) for b in micro]
-            total_targets = max(sum(count_targets(b) for b in micro), 1)
+            step_weight = sum(batch_weight(b) for b in micro) or 1.0
             loss_value, step_tokens = 0.0, 0
             for batch in micro:
                 batch = {k: v.to(device) for k, v in batch.items()}
-                step_tokens += int(batch["attention_mask"].sum())
+                step_tokens += real_tokens(batch)
                 with autocast(precision, device):
-                    loss, _ = objective(model, batch, total_targets)
+                    loss, _ = objective(model, batch, step_weight)
                 (scaler.scale(loss) if scaler else loss).backward()
                 loss_value += float(loss.detach())
             if not math.isfinite(loss_value):
@@ -227,7 +233,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
             step, tokens, last_loss = step + 1, tokens + step_tokens, loss_value
             seconds = time.perf_counter() - t0
             record = {"step": step, "train/loss": loss_value, "train/lr": lr, "train/grad_norm": grad_norm,
-                      "train/tokens_per_s": step_tokens / seconds, "train/tokens": tokens, "epoch": sampler.epoch}
+                      "train/tokens_per_s": step_tokens / seconds, "train/tokens": tokens, "epoch": batches.epoch}
             if splits.eval and (step == max_steps or (recipe.eval.every and step % recipe.eval.every == 0)):
                 last_eval = evaluate()
                 record.update({"eval/loss": last_eval["loss"], "eval/ppl": last_eval["ppl"]})
