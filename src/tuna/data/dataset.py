@@ -1,10 +1,15 @@
-"""From `data.*` config to rendered train and held-out examples."""
+"""From `data.*` config to rendered train and held-out examples.
+
+Record-level transforms (Pause-tuning's pause markers) run before rendering, on both splits alike,
+and what they did joins the split's render notes.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
+from tuna.data.pause import add_pauses
 from tuna.data.read import read_records
 from tuna.data.render import Rendered, RenderStats, render_records
 from tuna.errors import UserError
@@ -34,7 +39,17 @@ def load_splits(data_cfg, tokenizer, seed: int) -> Splits:
             n_eval = 1
         eval_records = [records[i] for i in order[:n_eval]]
         train_records = [records[i] for i in sorted(order[n_eval:])]
-    options = dict(train_on=data_cfg.train_on, max_tokens=data_cfg.max_tokens, overflow=data_cfg.overflow)
-    train, train_stats = render_records(train_records, data_cfg.format, tokenizer, **options)
-    evals, eval_stats = render_records(eval_records, data_cfg.format, tokenizer, **options) if eval_records else ([], None)
+    train, train_stats = render_split(train_records, data_cfg, tokenizer)
+    evals, eval_stats = render_split(eval_records, data_cfg, tokenizer) if eval_records else ([], None)
     return Splits(train, evals, train_stats, eval_stats)
+
+
+def render_split(records: list[dict], data_cfg, tokenizer) -> tuple[list[Rendered], RenderStats]:
+    pauses = None
+    if data_cfg.pause_tokens is not None:
+        records, pauses = add_pauses(records, data_cfg.format, tokenizer, data_cfg.pause_tokens)
+    rendered, stats = render_records(records, data_cfg.format, tokenizer, train_on=data_cfg.train_on,
+                                     max_tokens=data_cfg.max_tokens, overflow=data_cfg.overflow)
+    if pauses is not None:
+        stats.notes.append(pauses.summary())
+    return rendered, stats

@@ -44,6 +44,7 @@ class RenderStats:
             parts.append(f"{self.dropped_empty_completion} dropped with an empty completion")
         if self.dropped_no_target:
             parts.append(f"{self.dropped_no_target} dropped with no trainable tokens")
+        parts.extend(self.notes)
         return ", ".join(parts)
 
 

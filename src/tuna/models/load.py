@@ -2,7 +2,9 @@
 
 A spec is one of: an alias (`smollm2-135m`), a local Hugging Face checkpoint directory, a `.gguf`
 file, a hub id already in the local Hugging Face cache (never downloaded), or a tuna run directory
-(its base model plus the trained adapter, sparse delta or weights).
+(its base model plus the trained adapter, sparse delta or weights). A run trained with
+`model.rope_scaling` gets that scaling on its base before the adapter or delta goes on, so it
+generates with the context window it was trained for; full-weight runs saved it in their config.
 """
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ from pathlib import Path
 import torch
 
 from tuna import rundir
+from tuna.config import RopeScaling
 from tuna.errors import UserError
 from tuna.models import sparse_delta
 from tuna.models.gguf_cache import cached_checkpoint, embedded_gguf
+from tuna.models.rope import apply_rope_scaling
 
 ALIASES = {"smollm2-135m": "smollm2-135m-instruct"}
 
@@ -68,15 +72,18 @@ def load_any(spec: str, dtype: torch.dtype = torch.float32):
         return load_base(spec, dtype)
     import yaml
 
-    base_spec = yaml.safe_load((path / rundir.CONFIG).read_text())["model"]["name"]
+    model_cfg = yaml.safe_load((path / rundir.CONFIG).read_text())["model"]
+    rope_scaling = RopeScaling(**model_cfg["rope_scaling"]) if model_cfg.get("rope_scaling") else None
     final = path / rundir.FINAL
     if (final / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        model, tokenizer = load_base(base_spec, dtype)
+        model, tokenizer = load_base(model_cfg["name"], dtype)
+        apply_rope_scaling(model, rope_scaling)
         return PeftModel.from_pretrained(model, final), tokenizer
     if (final / sparse_delta.FILE).is_file():
-        model, _ = load_base(base_spec, dtype)
+        model, _ = load_base(model_cfg["name"], dtype)
+        apply_rope_scaling(model, rope_scaling)
         sparse_delta.apply_delta(model, final)
         return model, load_tokenizer(str(final))
     return load_model(str(final), dtype), load_tokenizer(str(final))

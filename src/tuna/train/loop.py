@@ -34,6 +34,7 @@ from tuna.methods.base import count_parameters, trainable_names
 from tuna.models.attention import use_packed_attention
 from tuna.models.load import load_base
 from tuna.models.reinit import check_reinitialised_layers_train, reinit_top_layers
+from tuna.models.rope import apply_rope_scaling
 from tuna.objectives import REGISTRY as OBJECTIVES
 from tuna.objectives.sft import batch_weight
 from tuna.train import checkpoint
@@ -121,6 +122,8 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
 
     seed_everything(cfg.seed)
     model, tokenizer = load_base(recipe.model.name)
+    if recipe.model.rope_scaling:
+        apply_rope_scaling(model, recipe.model.rope_scaling)
     splits = load_splits(recipe.data, tokenizer, cfg.seed)
     if recipe.init.reinit_top_layers:
         reinit_top_layers(model, recipe.init.reinit_top_layers)
