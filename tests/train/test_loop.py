@@ -41,8 +41,9 @@ KNOBS = {"train": {"neftune_alpha": 5.0}, "data": {"mask_thought_ratio": 0.2},
     ("dora", {"lora": {"r": 4}}), ("lora", {"lora": {"r": 4, "init": "pissa"}}),
     ("lora", {"data": {"batching": "packed", "max_tokens": 64}, "train": {"loss_weighting": "sequence"}}),
     ("full", {"data": {"batching": "sorted"}}),
+    ("longlora", {"lora": {"r": 4}, "longlora": {"group_size_ratio": 0.25}}),
 ], ids=["lora", "full", "hft", "sparse", "s2ft", "chain_lora", "lora+knobs", "dora", "pissa", "packed+sequence",
-        "sorted"])
+        "sorted", "longlora"])
 def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(tiny_recipe, tmp_path, monkeypatch, method, extra):
     train_options = {"max_steps": 8, "save_every": 2, "lr": 5e-3, **extra.get("train", {})}
     options = dict(method=method, **{**extra, "train": train_options})

@@ -1,9 +1,10 @@
 """Parameter strategies, registered by their config name."""
-from tuna.methods import chain_lora, freeze, full, hft, lora, s2ft, sparse
+from tuna.methods import chain_lora, freeze, full, hft, longlora, lora, s2ft, sparse
 from tuna.methods.base import Method
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (full.METHOD, freeze.METHOD, lora.METHOD, lora.DORA, lora.RSLORA,
-                                                   hft.METHOD, sparse.METHOD, s2ft.METHOD, chain_lora.METHOD)}
+                                                   hft.METHOD, sparse.METHOD, s2ft.METHOD, chain_lora.METHOD,
+                                                   longlora.METHOD)}
 
 # Regularisation and stabilisation knobs that combine with any method: (config key, what it does, paper).
 ANY_METHOD_KNOBS = (
