@@ -138,3 +138,63 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, tiny_model_dir, chat_data
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == list(range(1, 301))
+
+
+def test_data_synth_retrieval_writes_messages_jsonl(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "retrieval.jsonl"
+    code, stdout, _ = run_cli(["data", "synth", "retrieval", "--out", str(out), "--n", "4", "--lengths", "600,0.75k",
+                               "--positions", "0,1", "--model", str(tiny_model_dir)], capsys)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert code == 0 and f"wrote 4 examples to {out}" in stdout
+    assert [(r["target_tokens"], r["position"]) for r in rows] == [(600, 0.0), (600, 1.0), (768, 0.0), (768, 1.0)]
+    assert all(r["tokens"] <= r["target_tokens"] and [m["role"] for m in r["messages"]] == ["user", "assistant"]
+               for r in rows)
+
+
+def test_eval_needle_writes_json_and_heatmap(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "needle"
+    code, stdout, _ = run_cli(["eval", "needle", "--model", str(tiny_model_dir), "--lengths", "300,400",
+                               "--depths", "0,0.5,1", "--out", str(out)], capsys)
+    result = json.loads((out / "needle.json").read_text())
+    assert code == 0 and "depth \\ length" in stdout
+    assert result["settings"]["lengths"] == [300, 400] and result["settings"]["depths"] == [0.0, 0.5, 1.0]
+    assert len(result["accuracy"]) == 3 and all(len(row) == 2 for row in result["accuracy"])
+    assert (out / "needle.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_needle_beyond_the_context_window_exits_2(tiny_model_dir, capsys):
+    code, _, err = run_cli(["eval", "needle", "--model", str(tiny_model_dir), "--lengths", "256,1k"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == ("tuna: error: length 1024 is beyond the model's context window of 512 tokens (config "
+                           "max_position_embeddings; 32 more are kept for the answer); use shorter lengths or "
+                           "extend the window with model.rope_scaling")
+
+
+def test_eval_with_metrics_writes_scores_and_predictions(tmp_path, tiny_model_dir, chat_data, capsys):
+    out = tmp_path / "scores"
+    code, stdout, _ = run_cli(["eval", "--model", str(tiny_model_dir), "--data", str(chat_data),
+                               "--metric", "exact_match,qa_f1", "--max-new-tokens", "3", "--out", str(out)], capsys)
+    summary = json.loads(stdout)
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert code == 0 and summary == json.loads((out / "scores.json").read_text()) and summary["count"] == 40
+    assert [r["id"] for r in rows] == list(range(40)) and rows[3]["gold"] == ["6"]
+    for metric in ("exact_match", "qa_f1"):
+        assert summary["metrics"][metric] == pytest.approx(sum(r["scores"][metric] for r in rows) / 40)
+
+
+@pytest.mark.parametrize("metric, message", [
+    ("classification", "metric classification needs `all_classes` in every record; record 1 has none"),
+    ("qa_f1,bleu", "unknown metric 'bleu'"),
+])
+def test_eval_metric_the_data_cannot_support_exits_2_before_loading(metric, message, chat_data, capsys, monkeypatch):
+    monkeypatch.setattr("tuna.cli._load", lambda spec: pytest.fail("loaded the model"))
+    code, _, err = run_cli(["eval", "--model", "unused", "--data", str(chat_data), "--metric", metric], capsys)
+    assert code == 2 and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_needle_is_found_after_global_options_only():
+    from tuna.cli import route_eval_needle
+
+    assert route_eval_needle(["--debug", "eval", "needle", "--lengths", "1k"]) == ["--debug", "eval-needle", "--lengths", "1k"]
+    assert route_eval_needle(["eval", "--data", "needle"]) == ["eval", "--data", "needle"]

@@ -1,4 +1,4 @@
-"""The command line: train, generate, chat, eval, export, demo, methods.
+"""The command line: train, generate, chat, eval (loss, metrics, needle), data synth, export, demo, methods.
 
 Bad input raises `UserError`; `main` prints it as one line and exits 2 (`--debug` shows the traceback).
 """
@@ -16,7 +16,7 @@ EPILOG = "Config keys are documented in docs/config.md; examples/ has one config
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(route_eval_needle(sys.argv[1:] if argv is None else argv))
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
@@ -31,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ntuna: interrupted", file=sys.stderr)
         return 130
+
+
+def route_eval_needle(argv: list[str]) -> list[str]:
+    """`tuna eval needle ...` runs the `eval-needle` parser: argparse cannot give `eval` both options and sub-commands."""
+    command = next((i for i, token in enumerate(argv) if not token.startswith("-")), None)
+    if command is not None and argv[command : command + 2] == ["eval", "needle"]:
+        return argv[:command] + ["eval-needle"] + argv[command + 2 :]
+    return argv
 
 
 def quiet_libraries(debug: bool) -> None:
@@ -81,15 +89,56 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p)
     p.set_defaults(run=cmd_chat)
 
-    p = sub.add_parser("eval", parents=[common], help="held-out loss and perplexity of a model on a data file",
-                       description="Loss and perplexity on a data file, with the same formats and loss masks as training.")
+    p = sub.add_parser("eval", parents=[common], help="loss/perplexity or generation metrics on a data file; "
+                                                      "`tuna eval needle` for needle in a haystack",
+                       description="Without --metric: loss and perplexity on a data file, with the same formats and "
+                                   "loss masks as training. With --metric: generate an answer per record and score "
+                                   "it (LongBench records, prompt/completion or messages). Needle in a haystack: "
+                                   "tuna eval needle -h. Metrics and formats: docs/evaluation.md.")
     add_model_arg(p)
     p.add_argument("--data", required=True, help="JSONL, JSON, Parquet, CSV or datasets directory")
-    p.add_argument("--format", default="auto", choices=["auto", "text", "instruction", "prompt_completion", "messages"])
+    p.add_argument("--metric", type=comma_list, metavar="NAME[,NAME...]",
+                   help="score generated answers: qa_f1, rouge_l, exact_match, classification")
+    p.add_argument("--format", default="auto", choices=["auto", "text", "instruction", "prompt_completion", "messages"],
+                   help="data format for loss/perplexity")
     p.add_argument("--train-on", default="completion", choices=["completion", "all"], help="which tokens are scored")
-    p.add_argument("--max-tokens", type=int, default=1024, help="truncate longer examples (default 1024)")
+    p.add_argument("--max-tokens", type=int, default=1024, help="loss/perplexity: truncate longer examples (default 1024)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="with --metric: answer length (default 64)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", metavar="DIR", help="with --metric: where to write scores.json and predictions.jsonl "
+                                                "(default runs/eval-<time>)")
     p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("eval-needle", parents=[common], prog="tuna eval needle",
+                       description="Needle in a haystack: hide facts (a number per needle) at a depth of a long "
+                                   "context of Python docstrings and ask for them. Writes DIR/needle.json and a "
+                                   "heatmap DIR/needle.png of accuracy by length and depth.")
+    add_model_arg(p)
+    p.add_argument("--lengths", type=token_lengths, default=token_lengths("1k,2k,4k"), metavar="N[,N...]",
+                   help="prompt lengths in tokens; 1k means 1024 (default 1k,2k,4k)")
+    p.add_argument("--depths", type=fractions, default=fractions("0,0.25,0.5,0.75,1"), metavar="F[,F...]",
+                   help="needle depths, 0 = start of the context, 1 = end (default 0,0.25,0.5,0.75,1)")
+    p.add_argument("--needles", type=int, default=1, help="facts per haystack, spread from the depth to the end")
+    p.add_argument("--trials", type=int, default=1, help="haystacks per cell, each with fresh needles")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", help="output directory (default runs/needle-<time>)")
+    p.set_defaults(run=cmd_eval_needle)
+
+    p = sub.add_parser("data", parents=[common], help="generate training data")
+    synth = p.add_subparsers(title="commands", metavar="COMMAND").add_parser(
+        "synth", parents=[common], help="generate a synthetic data set").add_subparsers(title="data sets", metavar="TASK")
+    p = synth.add_parser("retrieval", parents=[common], help="key-value retrieval in long lists of dictionaries",
+                         description="Synthetic key-value retrieval examples in messages format (Xiong et al. 2024, "
+                                     "'From Artificial Needles to Real Haystacks'), sized in tokens of --model.")
+    p.add_argument("--out", required=True, metavar="FILE.jsonl")
+    p.add_argument("--n", type=int, default=200, help="number of examples (default 200)")
+    p.add_argument("--lengths", type=token_lengths, default=token_lengths("1k,2k"), metavar="N[,N...]",
+                   help="example lengths in tokens, chat template included; 1k means 1024 (default 1k,2k)")
+    p.add_argument("--positions", type=fractions, default=fractions("0,0.25,0.5,0.75,1"), metavar="F[,F...]",
+                   help="where the gold dictionary sits in the list, 0 = first, 1 = last (default 0,0.25,0.5,0.75,1)")
+    p.add_argument("--model", default="smollm2-135m", help="whose tokenizer and chat template measure the lengths")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_synth_retrieval)
 
     p = sub.add_parser("export", parents=[common], help="export a run as a merged transformers checkpoint",
                        description="Merge a run's adapter or sparse delta into its base model and write a plain "
@@ -112,6 +161,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", parents=[common], help="list the fine-tuning methods and their knobs")
     p.set_defaults(run=cmd_methods)
     return parser
+
+
+def comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def token_lengths(text: str) -> list[int]:
+    """'1k,2k,512' -> [1024, 2048, 512]."""
+    try:
+        values = [round(float(p[:-1]) * 1024) if p.lower().endswith("k") else int(p) for p in comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of token counts like 1k,2k,512") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: token counts must be positive")
+    return values
+
+
+def fractions(text: str) -> list[float]:
+    try:
+        values = [float(p) for p in comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of numbers like 0,0.5,1") from None
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be a fraction in [0, 1]")
+    return values
 
 
 def add_model_arg(p: argparse.ArgumentParser) -> None:
@@ -200,6 +274,8 @@ def cmd_eval(args) -> int:
     from tuna.eval.perplexity import heldout_loss
 
     records = read_records(args.data)
+    if args.metric is not None:
+        return eval_metrics(args, records)
     model, tokenizer = _load(args.model)
     items, stats = render_records(records, args.format, tokenizer, train_on=args.train_on,
                                   max_tokens=args.max_tokens, overflow="truncate")
@@ -208,6 +284,68 @@ def cmd_eval(args) -> int:
     print(json.dumps({"loss": result["loss"], "ppl": result["ppl"], "tokens": result["tokens"],
                       "examples": stats.kept, "data": stats.summary()}, indent=1))
     return 0
+
+
+def eval_metrics(args, records: list[dict]) -> int:
+    from tuna.eval.scorers import get_metrics
+    from tuna.eval.task import check_supported, evaluate_task, read_task, write_task_results
+
+    metrics = get_metrics(args.metric)
+    items = read_task(records)
+    check_supported(items, metrics)
+    model, tokenizer = _load(args.model)
+    summary, rows = evaluate_task(model, tokenizer, items, metrics, max_new_tokens=args.max_new_tokens,
+                                  batch_size=args.batch_size)
+    summary = {**summary, "model": args.model, "data": args.data, "max_new_tokens": args.max_new_tokens}
+    out = write_task_results(args.out or default_out("eval"), summary, rows)
+    print(json.dumps(summary, indent=1))
+    print(f"scores and predictions written to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval_needle(args) -> int:
+    import time
+
+    from tuna.eval.needle import check_lengths, format_grid, model_answerer, run_grid, write_results
+    from tuna.eval.task import context_window
+
+    if args.needles < 1 or args.trials < 1:
+        raise UserError("--needles and --trials must be at least 1")
+    started = time.perf_counter()
+    model, tokenizer = _load(args.model)
+    check_lengths(args.lengths, context_window(model), args.needles)
+    result = run_grid(tokenizer, model_answerer(model, tokenizer), args.lengths, args.depths, needles=args.needles,
+                      trials=args.trials, seed=args.seed)
+    result["settings"] = {"model": args.model, **result["settings"], "seconds": round(time.perf_counter() - started, 1)}
+    out = write_results(result, args.out or default_out("needle"))
+    print(format_grid(result))
+    print(f"{result['settings']['seconds']:.0f} s; written to {out / 'needle.json'} and {out / 'needle.png'}")
+    return 0
+
+
+def cmd_synth_retrieval(args) -> int:
+    from pathlib import Path
+
+    from tuna.data.retrieval import retrieval_examples
+    from tuna.models.load import load_tokenizer, resolve
+
+    if args.n < 1:
+        raise UserError("--n must be at least 1")
+    tokenizer = load_tokenizer(resolve(args.model))
+    rows = retrieval_examples(tokenizer, args.n, args.lengths, args.positions, seed=args.seed, progress=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    mean = sum(r["tokens"] for r in rows) / len(rows)
+    print(f"wrote {len(rows)} examples to {out} (mean {mean:.0f} tokens; lengths {args.lengths}, "
+          f"positions {args.positions})")
+    return 0
+
+
+def default_out(kind: str) -> str:
+    import time
+
+    return f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def cmd_export(args) -> int:
