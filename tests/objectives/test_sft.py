@@ -22,7 +22,7 @@ class FixedLogits(torch.nn.Module):
 
 
 def nll(model, current: int, following: int) -> float:
-    return -float(torch.log_softmax(model.table[current], -1)[following])
+    return -float(torch.log_softmax(model.table[current].detach(), -1)[following])
 
 
 def hand_losses(model, item: Rendered) -> list[float]:
