@@ -46,5 +46,5 @@ def test_loss_weighting_matches_hand_computation_under_accumulation(weighting):
     for split in ([ITEMS], [ITEMS[:1], ITEMS[1:]], [[i] for i in ITEMS]):  # one micro-batch, or accumulated
         micro = [collate(part, pad_id=0, weighting=weighting) for part in split]
         step_weight = sum(batch_weight(b) for b in micro)
-        got = sum(float(loss(model, b, step_weight)[0]) for b in micro)
+        got = sum(float(loss(model, b, step_weight)[0].detach()) for b in micro)
         assert got == pytest.approx(expected, rel=1e-6)
