@@ -24,6 +24,19 @@ def test_knobs_of_another_method_are_an_error():
         validate_recipe({"method": "full", "lora": {"r": 4}})
 
 
+def test_knobs_of_another_objective_are_an_error_and_are_left_out_of_the_resolved_config():
+    with pytest.raises(UserError, match="`anchored_sft.\\*` knobs are set but objective is `dft`"):
+        validate_recipe({"objective": "dft", "anchored_sft": {"kl_beta": 0.1}})
+    assert "anchored_sft" not in validate_recipe({"objective": "sft"}).to_yaml()
+    assert "kl_beta: 0.2" in validate_recipe({"objective": "anchored_sft", "anchored_sft": {"kl_beta": 0.2}}).to_yaml()
+
+
+def test_packing_is_shorthand_for_packed_batching_and_cannot_contradict_it():
+    assert validate_recipe({"data": {"packing": True}}).data.batching == "packed"
+    with pytest.raises(UserError, match="data.packing: true contradicts data.batching: sorted"):
+        validate_recipe({"data": {"packing": True, "batching": "sorted"}})
+
+
 def test_text_data_cannot_train_on_completion_only():
     with pytest.raises(UserError, match="plain `text` data trains on all tokens"):
         validate_recipe({"data": {"format": "text", "train_on": "completion"}})
@@ -73,5 +86,8 @@ def test_every_example_config_validates():
     from tuna.methods import REGISTRY
 
     examples = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.yaml"))
-    methods = {load_recipe(path).method for path in examples}
-    assert methods == set(REGISTRY)  # every method has an example
+    from tuna.objectives import REGISTRY as OBJECTIVES
+
+    recipes = [load_recipe(path) for path in examples]
+    assert {r.method for r in recipes} == set(REGISTRY)  # every method has an example
+    assert {r.objective for r in recipes} == set(OBJECTIVES)  # and every objective

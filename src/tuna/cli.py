@@ -367,6 +367,11 @@ def cmd_methods(args) -> int:
 
     for m in REGISTRY.values():
         print(f"{m.name:11} {m.summary}\n{'':11} knobs: {m.knobs}; default lr {m.default_lr:g}; paper: {m.paper}")
+    from tuna.objectives import REGISTRY as OBJECTIVES
+
+    print("\nobjectives (objective: NAME):")
+    for o in OBJECTIVES.values():
+        print(f"  {o.name:13} {o.summary}; paper: {o.paper}")
     print("\nwith any method:")
     for key, summary, paper in ANY_METHOD_KNOBS:
         print(f"  {key:25} {summary}; paper: {paper}")

@@ -58,10 +58,10 @@ class DataConfig(Section):
     def _check_split(self) -> "DataConfig":
         if isinstance(self.eval_split, float) and not 0.0 <= self.eval_split < 1.0:
             raise ValueError("eval_split must be a fraction in [0, 1) or a file path")
-        if self.packing:
-            if "batching" in self.model_fields_set and self.batching != "packed":
+        if self.packing and self.batching != "packed":
+            if "batching" in self.model_fields_set:
                 raise ValueError(f"data.packing: true contradicts data.batching: {self.batching}; set only one")
-            self.batching = "packed"
+            self.batching = "packed"  # validates again, now consistent
         return self
 
 
@@ -110,6 +110,10 @@ class HftConfig(Section):
     seed: int = Field(0, description="seeds the half chosen in each round")
 
 
+class AnchoredSftConfig(Section):
+    kl_beta: float = Field(0.05, ge=0.0, description="weight of KL(policy || starting model) added to the DFT loss")
+
+
 class OptimConfig(Section):
     layer_decay: float | None = Field(None, gt=0.0, le=1.0, description="learning rate x decay^(depth from the top)")
     clip_per_component: bool = Field(False, description="clip each module's gradient norm to train.max_grad_norm "
@@ -152,6 +156,7 @@ SECTIONS_OF_METHOD = {"full": (), "freeze": ("freeze",), "lora": ("lora",), "dor
                       "hft": ("hft",), "sparse": ("sparse",), "s2ft": ("s2ft",), "chain_lora": ("lora", "chain_lora"),
                       "longlora": ("lora", "longlora")}
 METHOD_SECTIONS = ("freeze", "lora", "hft", "sparse", "s2ft", "chain_lora", "longlora")
+OBJECTIVE_SECTIONS = ("anchored_sft",)  # an objective's knob section shares its name
 MethodName = Literal["full", "freeze", "lora", "dora", "rslora", "hft", "sparse", "s2ft", "chain_lora", "longlora"]
 
 
@@ -166,7 +171,8 @@ class Recipe(Section):
     s2ft: S2ftConfig = S2ftConfig()
     chain_lora: ChainLoraConfig = ChainLoraConfig()
     longlora: LongLoraConfig = LongLoraConfig()
-    objective: Literal["sft"] = "sft"
+    objective: Literal["sft", "dft", "anchored_sft"] = "sft"
+    anchored_sft: AnchoredSftConfig = AnchoredSftConfig()
     init: InitConfig = InitConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
@@ -188,6 +194,10 @@ class Recipe(Section):
             users = [m for m, sections in SECTIONS_OF_METHOD.items() if stray[0] in sections]
             raise ValueError(f"`{stray[0]}.*` knobs are set but method is `{self.method}`; remove them or set "
                              f"method: {' or '.join(users)}")
+        stray = [s for s in OBJECTIVE_SECTIONS if s in self.model_fields_set and s != self.objective]
+        if stray:
+            raise ValueError(f"`{stray[0]}.*` knobs are set but objective is `{self.objective}`; remove them or set "
+                             f"objective: {stray[0]}")
         if self.optim.clip_per_component and self.train.max_grad_norm is None:
             raise ValueError("optim.clip_per_component clips to train.max_grad_norm, which is unset")
         if self.data.format == "text" and "train_on" in self.data.model_fields_set and self.data.train_on == "completion":
@@ -197,6 +207,7 @@ class Recipe(Section):
     def to_yaml(self) -> str:
         """The resolved config, with only the selected method's section."""
         skip = {s for s in METHOD_SECTIONS if s not in SECTIONS_OF_METHOD[self.method]}
+        skip |= {s for s in OBJECTIVE_SECTIONS if s != self.objective}
         return yaml.safe_dump(self.model_dump(exclude=skip, mode="json"), sort_keys=False)
 
 

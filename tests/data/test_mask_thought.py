@@ -1,3 +1,4 @@
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -97,11 +98,11 @@ def test_the_tiny_tokenizer_masks_with_padding(tiny_tokenizer):
 def test_training_sees_masked_responses(tiny_recipe, tiny_tokenizer, monkeypatch):
     real, seen = OBJECTIVES["sft"], []
 
-    def spy(model, batch, total):
+    def spy(model, batch, total, ctx):
         seen.append({k: v.clone() for k, v in batch.items()})
-        return real(model, batch, total)
+        return real.loss(model, batch, total, ctx)
 
-    monkeypatch.setitem(OBJECTIVES, "sft", spy)
+    monkeypatch.setitem(OBJECTIVES, "sft", dataclasses.replace(real, loss=spy))
     train(tiny_recipe(data={"mask_thought_ratio": 0.5}, train={"max_steps": 2}, eval={"every": 0}), progress=False)
     assert len(seen) == 2
     pad = tiny_tokenizer.pad_token_id  # the tiny tokenizer's mask token

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -18,16 +19,16 @@ def failing_objective(monkeypatch, at_call: int, failure):
     """Make the SFT objective misbehave on its `at_call`-th call (a crash, or a NaN loss)."""
     real, calls = OBJECTIVES["sft"], {"n": 0}
 
-    def objective(model, batch, total):
+    def loss(model, batch, total, ctx):
         calls["n"] += 1
-        loss, stats = real(model, batch, total)
+        value, stats = real.loss(model, batch, total, ctx)
         if calls["n"] == at_call:
             if failure == "crash":
                 raise RuntimeError("simulated crash")
-            loss = loss * float("nan")
-        return loss, stats
+            value = value * float("nan")
+        return value, stats
 
-    monkeypatch.setitem(OBJECTIVES, "sft", objective)
+    monkeypatch.setitem(OBJECTIVES, "sft", dataclasses.replace(real, loss=loss))
 
 
 KNOBS = {"train": {"neftune_alpha": 5.0}, "data": {"mask_thought_ratio": 0.2},

@@ -33,6 +33,9 @@ class Method:
     # merged Chain-of-LoRA rounds), and how to put it back.
     extra_state: Callable[[nn.Module], dict] | None = None
     load_extra_state: Callable[[nn.Module, dict], None] | None = None
+    # (recipe) -> True when the prepared model with its adapter disabled is exactly the starting model,
+    # so objectives that compare with a reference need no second copy of it (LoRA with a default init).
+    adapter_off_is_base: Callable[[object], bool] | None = None
 
 
 def round_of(step: int, rounds: int, max_steps: int) -> int:

@@ -55,4 +55,5 @@ def prepare(model, recipe, calibration=None):
 METHOD = Method(name="longlora", summary="LoRA + trainable embeddings and norms, shifted sparse attention in training",
                 paper="LongLoRA: Efficient Fine-tuning of Long-Context Large Language Models",
                 knobs=f"longlora.group_size_ratio, {lora.KNOBS}", default_lr=2e-5, prepare=prepare,
-                save_final=lora.save_adapter, lr_scales=lora.plus_lr_scales)
+                save_final=lora.save_adapter, lr_scales=lora.plus_lr_scales,
+                adapter_off_is_base=lora.base_is_untouched)

@@ -126,7 +126,11 @@ KNOBS = "lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.init, lora.
 def lora_method(name: str, summary: str, paper: str, **variant) -> Method:
     return Method(name=name, summary=summary, paper=paper, knobs=KNOBS, default_lr=2e-4,
                   prepare=lambda model, recipe, calibration=None: prepare(model, recipe, calibration, **variant),
-                  save_final=save_adapter, lr_scales=plus_lr_scales)
+                  save_final=save_adapter, lr_scales=plus_lr_scales, adapter_off_is_base=base_is_untouched)
+
+
+def base_is_untouched(recipe) -> bool:
+    return recipe.lora.init not in CHANGES_BASE
 
 
 METHOD = lora_method("lora", "low-rank adapters on linear layers (PEFT); inits pissa|eva|corda_*, LoRA+ by ratio",

@@ -1,4 +1,5 @@
 """Losses, registered by their config name."""
-from tuna.objectives import sft
+from tuna.objectives import anchored_sft, dft, sft
+from tuna.objectives.base import Objective
 
-REGISTRY = {"sft": sft.loss}
+REGISTRY: dict[str, Objective] = {o.name: o for o in (sft.OBJECTIVE, dft.OBJECTIVE, anchored_sft.OBJECTIVE)}

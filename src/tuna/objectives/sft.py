@@ -10,25 +10,35 @@ import torch
 import torch.nn.functional as F
 
 from tuna.data.render import IGNORE
+from tuna.objectives.base import Objective
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
-def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position cross-entropy (0 where ignored) and the mask of positions that count.
+def model_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits for a padded or packed batch.
 
     Packed batches have `position_ids` and no attention mask; padded ones the reverse. No cache: with
     one, transformers would not detect packed rows in its eager/SDPA masks.
     """
-    logits = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).logits
-    targets = batch["labels"][:, 1:]
+    return model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).logits
+
+
+def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position cross-entropy (0 where ignored) and the mask of positions that count."""
+    return next_token_losses(model_logits(model, batch), batch["labels"])
+
+
+def next_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position t's logits scored against label t+1; (B, T-1) losses and mask."""
+    targets = labels[:, 1:]
     logits = logits[:, :-1].float()
     losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                              ignore_index=IGNORE, reduction="none").view_as(targets)
     return losses, targets != IGNORE
 
 
-def loss(model, batch: dict[str, torch.Tensor], step_weight: float) -> tuple[torch.Tensor, dict]:
+def loss(model, batch: dict[str, torch.Tensor], step_weight: float, ctx=None) -> tuple[torch.Tensor, dict]:
     losses, mask = token_losses(model, batch)
     return (losses * batch["weights"][:, 1:]).sum() / step_weight, {"targets": int(mask.sum())}
 
@@ -36,3 +46,7 @@ def loss(model, batch: dict[str, torch.Tensor], step_weight: float) -> tuple[tor
 def batch_weight(batch: dict[str, torch.Tensor]) -> float:
     """This micro-batch's share of the step normaliser: target tokens, or sequences."""
     return float(batch["weights"].sum())
+
+
+OBJECTIVE = Objective(name="sft", summary="next-token cross-entropy on the labelled tokens",
+                      paper="(supervised fine-tuning)", loss=loss, batch_weight=batch_weight)

@@ -36,7 +36,8 @@ from tuna.models.load import load_base
 from tuna.models.reinit import check_reinitialised_layers_train, reinit_top_layers
 from tuna.models.rope import apply_rope_scaling
 from tuna.objectives import REGISTRY as OBJECTIVES
-from tuna.objectives.sft import batch_weight
+from tuna.objectives.base import ObjectiveContext
+from tuna.objectives.reference import frozen_copy, reference_logits
 from tuna.train import checkpoint
 from tuna.train.device import autocast, resolve_device, resolve_precision
 from tuna.train.metrics import MetricsLog
@@ -124,6 +125,8 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
     model, tokenizer = load_base(recipe.model.name)
     if recipe.model.rope_scaling:
         apply_rope_scaling(model, recipe.model.rope_scaling)
+    adapter_reference = method.adapter_off_is_base is not None and method.adapter_off_is_base(recipe)
+    frozen = frozen_copy(model).to(device) if objective.needs_reference and not adapter_reference else None
     splits = load_splits(recipe.data, tokenizer, cfg.seed)
     if recipe.init.reinit_top_layers:
         reinit_top_layers(model, recipe.init.reinit_top_layers)
@@ -139,6 +142,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
     if cfg.neftune_alpha:
         add_neftune(model, cfg.neftune_alpha)
     model.train()
+    ctx = ObjectiveContext(recipe, reference_logits(model, frozen) if objective.needs_reference else None)
     trained = trainable_names(model)  # what the optimizer owns and checkpoints hold, whatever a step trains
 
     batches = TrainBatches(splits.train, batching=recipe.data.batching, batch_size=cfg.micro_batch_size,
@@ -206,15 +210,17 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
             if recipe.data.mask_thought_ratio:
                 masking = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
                 micro = [mask_thought(b, recipe.data.mask_thought_ratio, mask_id, masking) for b in micro]
-            step_weight = sum(batch_weight(b) for b in micro) or 1.0
-            loss_value, step_tokens = 0.0, 0
+            step_weight = sum(objective.batch_weight(b) for b in micro) or 1.0
+            loss_value, step_tokens, step_stats = 0.0, 0, {}
             for batch in micro:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 step_tokens += real_tokens(batch)
                 with autocast(precision, device):
-                    loss, _ = objective(model, batch, step_weight)
+                    loss, stats = objective.loss(model, batch, step_weight, ctx)
                 (scaler.scale(loss) if scaler else loss).backward()
                 loss_value += float(loss.detach())
+                for key, value in stats.items():  # each micro-batch's share of the step, like the loss
+                    step_stats[f"train/{key}"] = step_stats.get(f"train/{key}", 0.0) + value
             if not math.isfinite(loss_value):
                 bar.close()
                 metrics.close()
@@ -236,7 +242,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
             step, tokens, last_loss = step + 1, tokens + step_tokens, loss_value
             seconds = time.perf_counter() - t0
             record = {"step": step, "train/loss": loss_value, "train/lr": lr, "train/grad_norm": grad_norm,
-                      "train/tokens_per_s": step_tokens / seconds, "train/tokens": tokens, "epoch": batches.epoch}
+                      "train/tokens_per_s": step_tokens / seconds, "train/tokens": tokens, "epoch": batches.epoch, **step_stats}
             if splits.eval and (step == max_steps or (recipe.eval.every and step % recipe.eval.every == 0)):
                 last_eval = evaluate()
                 record.update({"eval/loss": last_eval["loss"], "eval/ppl": last_eval["ppl"]})
