@@ -3,6 +3,7 @@
 `date_task`: rewrite a date written in words ("the 5th of March, 2021", "Fri, Mar 5 2021") as ISO
 8601 (2021-03-05). The answer is exact and checkable, the embedded model gets few right before
 fine-tuning, and the mapping is learnable from a few hundred examples.
+`arithmetic_task`: two-digit sums and differences, answered with the number only (for GRPO).
 """
 from __future__ import annotations
 
@@ -43,6 +44,27 @@ def date_task(count: int, seed: int) -> list[dict]:
         date = dt.date.fromordinal(first + rng.randrange(span))
         question = f"{INSTRUCTION}\n\nDate: {_spell(date, rng.randrange(STYLES))}"
         answer = date.isoformat()
+        rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                     "answer": answer})
+    return rows
+
+
+ARITHMETIC = "Reply with the number only."
+
+
+def arithmetic_task(count: int, seed: int) -> list[dict]:
+    """Two-number sums and differences in `messages` format, with the `answer` a reward checks.
+
+    Verifiable and format-sensitive: the embedded model often computes right but wraps the number in
+    a sentence, which exact match scores 0, so a reward-driven objective has a signal to follow.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        a, b = rng.randrange(10, 100), rng.randrange(10, 100)
+        op = rng.choice("+-")
+        answer = str(a + b if op == "+" else a - b)
+        question = f"What is {a} {op} {b}? {ARITHMETIC}"
         rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
                      "answer": answer})
     return rows
