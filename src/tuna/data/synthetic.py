@@ -3,7 +3,7 @@
 `date_task`: rewrite a date written in words ("the 5th of March, 2021", "Fri, Mar 5 2021") as ISO
 8601 (2021-03-05). The answer is exact and checkable, the embedded model gets few right before
 fine-tuning, and the mapping is learnable from a few hundred examples.
-`arithmetic_task`: two-digit sums and differences, answered with the number only (for GRPO).
+`arithmetic_task`: small sums and differences, answered with the number only (for GRPO).
 """
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ def date_task(count: int, seed: int) -> list[dict]:
 ARITHMETIC = "Reply with the number only."
 
 
-def arithmetic_task(count: int, seed: int) -> list[dict]:
-    """Two-number sums and differences in `messages` format, with the `answer` a reward checks.
+def arithmetic_task(count: int, seed: int, largest: int = 20) -> list[dict]:
+    """Sums and differences of numbers up to `largest`, in `messages` format, with the `answer` a reward checks.
 
     Verifiable and format-sensitive: the embedded model often computes right but wraps the number in
     a sentence, which exact match scores 0, so a reward-driven objective has a signal to follow.
@@ -61,7 +61,7 @@ def arithmetic_task(count: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for _ in range(count):
-        a, b = rng.randrange(10, 100), rng.randrange(10, 100)
+        a, b = rng.randint(1, largest), rng.randint(1, largest)
         op = rng.choice("+-")
         answer = str(a + b if op == "+" else a - b)
         question = f"What is {a} {op} {b}? {ARITHMETIC}"
