@@ -216,7 +216,8 @@ def cmd_train(args) -> int:
     result = train(recipe, resume=args.resume is not None, progress=not args.no_progress)
     if result.interrupted:
         return 130
-    ev = f", eval loss {result.eval_loss:.4f} (ppl {result.eval_ppl:.2f})" if result.eval_loss is not None else ""
+    ppl = f" (ppl {result.eval_ppl:.2f})" if result.eval_ppl is not None else ""
+    ev = f", eval loss {result.eval_loss:.4f}{ppl}" if result.eval_loss is not None else ""
     print(f"done: {result.steps} steps, {result.tokens:,} tokens in {result.seconds:.1f} s, "
           f"final train loss {result.train_loss:.4f}{ev}; peak memory {result.peak_memory_mb:,.0f} MB")
     print(f"run directory: {result.run_dir}")

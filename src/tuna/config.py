@@ -41,7 +41,7 @@ class PauseConfig(Section):
 
 class DataConfig(Section):
     path: str | None = Field(None, description="JSONL, JSON, Parquet, CSV file or a datasets save_to_disk directory")
-    format: Literal["auto", "text", "instruction", "prompt_completion", "messages"] = "auto"
+    format: Literal["auto", "text", "instruction", "prompt_completion", "messages", "preference"] = "auto"
     train_on: Literal["completion", "all"] = "completion"
     max_tokens: int = Field(1024, ge=8, description="longest rendered example, in tokens")
     overflow: Literal["truncate", "drop"] = "truncate"
@@ -114,6 +114,21 @@ class AnchoredSftConfig(Section):
     kl_beta: float = Field(0.05, ge=0.0, description="weight of KL(policy || starting model) added to the DFT loss")
 
 
+class DpoConfig(Section):
+    beta: float = Field(0.1, gt=0.0, description="strength of the pull towards the starting model (DPO's beta, IPO's tau)")
+    loss: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="sigmoid (DPO), ipo (squared distance to "
+                                                     "1/(2 beta)) or hinge (SLiC: max(0, 1 - beta h))")
+
+
+class SimpoConfig(Section):
+    beta: float = Field(2.0, gt=0.0, description="scale of the length-normalised reward")
+    gamma: float = Field(1.0, ge=0.0, description="target reward margin (gamma/beta = 0.5 by default)")
+
+
+class OrpoConfig(Section):
+    beta: float = Field(0.1, ge=0.0, description="weight of the odds-ratio term added to the chosen NLL (lambda in the paper)")
+
+
 class OptimConfig(Section):
     layer_decay: float | None = Field(None, gt=0.0, le=1.0, description="learning rate x decay^(depth from the top)")
     clip_per_component: bool = Field(False, description="clip each module's gradient norm to train.max_grad_norm "
@@ -156,7 +171,8 @@ SECTIONS_OF_METHOD = {"full": (), "freeze": ("freeze",), "lora": ("lora",), "dor
                       "hft": ("hft",), "sparse": ("sparse",), "s2ft": ("s2ft",), "chain_lora": ("lora", "chain_lora"),
                       "longlora": ("lora", "longlora")}
 METHOD_SECTIONS = ("freeze", "lora", "hft", "sparse", "s2ft", "chain_lora", "longlora")
-OBJECTIVE_SECTIONS = ("anchored_sft",)  # an objective's knob section shares its name
+OBJECTIVE_SECTIONS = ("anchored_sft", "dpo", "simpo", "orpo")  # an objective's knob section shares its name
+PAIR_OBJECTIVES = ("dpo", "simpo", "orpo")  # trained on preference pairs
 MethodName = Literal["full", "freeze", "lora", "dora", "rslora", "hft", "sparse", "s2ft", "chain_lora", "longlora"]
 
 
@@ -171,8 +187,11 @@ class Recipe(Section):
     s2ft: S2ftConfig = S2ftConfig()
     chain_lora: ChainLoraConfig = ChainLoraConfig()
     longlora: LongLoraConfig = LongLoraConfig()
-    objective: Literal["sft", "dft", "anchored_sft"] = "sft"
+    objective: Literal["sft", "dft", "anchored_sft", "dpo", "simpo", "orpo"] = "sft"
     anchored_sft: AnchoredSftConfig = AnchoredSftConfig()
+    dpo: DpoConfig = DpoConfig()
+    simpo: SimpoConfig = SimpoConfig()
+    orpo: OrpoConfig = OrpoConfig()
     init: InitConfig = InitConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
@@ -198,11 +217,31 @@ class Recipe(Section):
         if stray:
             raise ValueError(f"`{stray[0]}.*` knobs are set but objective is `{self.objective}`; remove them or set "
                              f"objective: {stray[0]}")
+        if self.objective in PAIR_OBJECTIVES:
+            self._check_pair_training()
+        elif self.data.format == "preference":
+            raise ValueError(f"data.format: preference holds pairs for objective {' or '.join(PAIR_OBJECTIVES)}, "
+                             f"not {self.objective}")
         if self.optim.clip_per_component and self.train.max_grad_norm is None:
             raise ValueError("optim.clip_per_component clips to train.max_grad_norm, which is unset")
         if self.data.format == "text" and "train_on" in self.data.model_fields_set and self.data.train_on == "completion":
             raise ValueError("data.train_on: completion needs prompts and completions; plain `text` data trains on all tokens")
         return self
+
+    def _check_pair_training(self) -> None:
+        """Refuse the knobs that make no sense for whole preference pairs, rather than ignore them."""
+        unsupported = {"data.batching: packed": self.data.batching == "packed",
+                       "data.train_on: all": self.data.train_on == "all",
+                       "data.mask_thought_ratio": self.data.mask_thought_ratio > 0,
+                       "data.pause_tokens": self.data.pause_tokens is not None,
+                       "train.loss_weighting: sequence": self.train.loss_weighting == "sequence"}
+        named = [knob for knob, is_set in unsupported.items() if is_set]
+        if named:
+            raise ValueError(f"{named[0]} does not apply to objective {self.objective}, which weighs whole preference "
+                             "pairs (answer tokens only, padded batches); remove it")
+        if self.data.format not in ("auto", "preference"):
+            raise ValueError(f"objective {self.objective} trains on preference pairs; data.format must be auto or "
+                             f"preference, not {self.data.format}")
 
     def to_yaml(self) -> str:
         """The resolved config, with only the selected method's section."""

@@ -6,6 +6,10 @@
 - `packed`: examples packed into bins of `max_tokens` (see `packing`); a micro-batch is
   `batch_size` bins in one row, with no padding at all.
 
+Preference pairs (`data.preference`) batch as units: a micro-batch of `batch_size` pairs holds their
+chosen sequences and then their rejected ones, padded together; `sorted` orders pairs by the longer
+of their two sequences. Pairs are never packed.
+
 Epoch e's plan is drawn from a generator seeded with (seed, e), so the data position is just
 (epoch, cursor) and a resumed run sees exactly the batches it would have seen.
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from tuna.data.packing import best_fit_decreasing, collate_packed
+from tuna.data.preference import Pair
 from tuna.data.render import IGNORE, Rendered
 
 
@@ -48,6 +53,19 @@ def collate(items: list[Rendered], pad_id: int, weighting: str = "token") -> dic
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention, "weights": weights}
 
 
+def collate_pairs(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows 0..n-1 are the chosen sequences and rows n..2n-1 the rejected ones, pair k in rows k and n+k.
+
+    Precomputed reference log-probs, when the pairs carry them, come along in the same row order.
+    """
+    batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+    del batch["weights"]  # preference losses weigh pairs, not tokens
+    if pairs[0].reference_logps is not None:
+        batch["reference_logps"] = torch.tensor([p.reference_logps[0] for p in pairs] +
+                                                [p.reference_logps[1] for p in pairs])
+    return batch
+
+
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:
     """Tokens that are not padding."""
     mask = batch.get("attention_mask")
@@ -72,11 +90,14 @@ def epoch_plan(lengths: list[int], batching: str, batch_size: int, bins: list[li
 class TrainBatches:
     """The training split as an endless, resumable stream of collated micro-batches."""
 
-    def __init__(self, items: list[Rendered], *, batching: str, batch_size: int, max_tokens: int,
+    def __init__(self, items: list[Rendered] | list[Pair], *, batching: str, batch_size: int, max_tokens: int,
                  weighting: str, pad_id: int, seed: int):
         self.items, self.batching, self.batch_size = items, batching, batch_size
         self.weighting, self.pad_id, self.seed, self.max_tokens = weighting, pad_id, seed, max_tokens
-        self.lengths = [len(item.input_ids) for item in items]
+        self.pairs = isinstance(items[0], Pair)
+        if self.pairs and batching == "packed":
+            raise ValueError("preference pairs are not packed")
+        self.lengths = [item.length if self.pairs else len(item.input_ids) for item in items]
         self.bins = best_fit_decreasing(self.lengths, max_tokens) if batching == "packed" else None
         self.epoch, self.cursor = 0, 0
         self._plan: list[list[int]] | None = None
@@ -93,7 +114,10 @@ class TrainBatches:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003)
         plan = epoch_plan(self.lengths, self.batching, self.batch_size, None, generator)
         computed = sum(len(b) * max(self.lengths[i] for i in b) for b in plan)
-        return 1 - sum(self.lengths) / computed
+        if not self.pairs:
+            return 1 - sum(self.lengths) / computed
+        real = sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in self.items)
+        return 1 - real / (2 * computed)  # two rows per pair
 
     def summary(self) -> str:
         if self.bins is None:
@@ -112,6 +136,8 @@ class TrainBatches:
 
     def next(self) -> dict[str, torch.Tensor]:
         items = [self.items[i] for i in self.next_indices()]
+        if self.pairs:
+            return collate_pairs(items, self.pad_id)
         if self.batching == "packed":
             return collate_packed(items, [target_weights(item, self.weighting) for item in items])
         return collate(items, self.pad_id, self.weighting)
@@ -128,3 +154,11 @@ def eval_batches(items: list[Rendered], batch_size: int, pad_id: int):
     ordered = sorted(items, key=lambda item: len(item.input_ids))
     for start in range(0, len(ordered), batch_size):
         yield collate(ordered[start : start + batch_size], pad_id)
+
+
+def eval_pair_batches(pairs: list[Pair], batch_size: int, pad_id: int):
+    """Fixed-order batches of `batch_size` pairs, sorted by length, each with the pairs' indices in `pairs`."""
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        yield indices, collate_pairs([pairs[i] for i in indices], pad_id)

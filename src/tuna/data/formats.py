@@ -3,6 +3,8 @@
 Chat-shaped formats (`messages`, `instruction`) become a list of `{role, content}` messages and are
 rendered through the model's chat template. `prompt_completion` and `text` stay raw text, following
 TRL's convention: a prompt/completion pair is concatenated as given (plus EOS), untemplated.
+`preference` records (a prompt with a chosen and a rejected answer) become a `PreferenceExample` of
+chat turns; only the preference objectives read them (see `data.preference`).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from tuna.errors import UserError
 
 ROLES = ("system", "user", "assistant", "tool")
 FORMAT_KEYS = {  # checked in order; the first whose keys a record has wins
+    "preference": ("chosen", "rejected"),
     "messages": ("messages",),
     "instruction": ("instruction", "output"),
     "prompt_completion": ("prompt", "completion"),
@@ -26,6 +29,15 @@ class Example:
     messages: list[dict] | None = None
     prompt: str = ""
     completion: str = ""
+
+
+@dataclass
+class PreferenceExample:
+    """Shared prompt turns, then each answer's turns (what follows the prompt in its conversation)."""
+
+    prompt: list[dict]
+    chosen: list[dict]
+    rejected: list[dict]
 
 
 def detect_format(records: list[dict]) -> str:
@@ -44,6 +56,9 @@ def to_example(record: dict, fmt: str, index: int) -> Example:
     missing = [k for k in keys if k not in record]
     if missing:
         raise UserError(f"record {index + 1}: format {fmt!r} needs key(s) {', '.join(missing)}")
+    if fmt == "preference":
+        raise UserError(f"record {index + 1}: preference pairs (chosen/rejected) train only with a preference "
+                        "objective (dpo, simpo or orpo)")
     if fmt == "messages":
         return Example(messages=_check_messages(record["messages"], index))
     if fmt == "instruction":
@@ -57,6 +72,33 @@ def to_example(record: dict, fmt: str, index: int) -> Example:
     return Example(completion=_text(record, "text", index))
 
 
+def to_preference_example(record: dict, index: int) -> PreferenceExample:
+    """Strings, or TRL's conversational lists: an explicit `prompt`, or whole conversations sharing their opening turns."""
+    missing = [k for k in FORMAT_KEYS["preference"] if k not in record]
+    if missing:
+        raise UserError(f"record {index + 1}: format 'preference' needs key(s) {', '.join(missing)}")
+    chosen = _turns(record, "chosen", "assistant", index)
+    rejected = _turns(record, "rejected", "assistant", index)
+    if record.get("prompt") is not None:
+        return PreferenceExample(_turns(record, "prompt", "user", index), chosen, rejected)
+    if isinstance(record["chosen"], str) or isinstance(record["rejected"], str):
+        raise UserError(f"record {index + 1}: string `chosen` and `rejected` answers need a `prompt`")
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    return PreferenceExample(chosen[:shared], chosen[shared:], rejected[shared:])
+
+
+def _turns(record: dict, key: str, role: str, index: int) -> list[dict]:
+    """A string as one turn of `role`, or a list of checked messages."""
+    value = record[key]
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if not isinstance(value, list):
+        raise UserError(f"record {index + 1}: `{key}` must be a string or a list of {{role, content}} messages")
+    return _check_messages(value, index, key)
+
+
 def _text(record: dict, key: str, index: int) -> str:
     value = record[key]
     if not isinstance(value, str):
@@ -64,9 +106,9 @@ def _text(record: dict, key: str, index: int) -> str:
     return value
 
 
-def _check_messages(messages, index: int) -> list[dict]:
+def _check_messages(messages, index: int, key: str = "messages") -> list[dict]:
     if not isinstance(messages, list) or not messages:
-        raise UserError(f"record {index + 1}: `messages` must be a non-empty list of {{role, content}}")
+        raise UserError(f"record {index + 1}: `{key}` must be a non-empty list of {{role, content}}")
     for turn, message in enumerate(messages, start=1):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
             raise UserError(f"record {index + 1}, message {turn}: needs `role` and `content`")

@@ -4,6 +4,12 @@
 log). `step_weight` is the whole optimizer step's normaliser (`batch_weight` summed over its
 micro-batches), so accumulation splits a step without changing it. `ctx.reference` gives the
 starting model's logits for objectives that stay anchored to it (ASFT, DPO).
+
+Preference objectives (`pairs`) train on batches of preference pairs (`data.batch.collate_pairs`).
+One whose reference enters only as each answer's summed log-prob (`reference_per_sequence`: DPO) does
+not need the starting model alive: when no adapter can be switched off to recover it, the loop
+computes those numbers once before training (`objectives.reference_logps`) and the batches carry
+them as `reference_logps`; otherwise `ctx.reference` serves it as for ASFT.
 """
 from __future__ import annotations
 
@@ -21,6 +27,8 @@ class Objective:
     loss: Callable[..., tuple[torch.Tensor, dict]]
     batch_weight: Callable[[dict], float]
     needs_reference: bool = False
+    pairs: bool = False
+    reference_per_sequence: bool = False
 
 
 @dataclass

@@ -37,7 +37,9 @@ from tuna.models.reinit import check_reinitialised_layers_train, reinit_top_laye
 from tuna.models.rope import apply_rope_scaling
 from tuna.objectives import REGISTRY as OBJECTIVES
 from tuna.objectives.base import ObjectiveContext
+from tuna.objectives.pairwise import heldout_preference
 from tuna.objectives.reference import frozen_copy, reference_logits
+from tuna.objectives.reference_logps import attach_reference_logps
 from tuna.train import checkpoint
 from tuna.train.device import autocast, resolve_device, resolve_precision
 from tuna.train.metrics import MetricsLog
@@ -126,14 +128,22 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
     if recipe.model.rope_scaling:
         apply_rope_scaling(model, recipe.model.rope_scaling)
     adapter_reference = method.adapter_off_is_base is not None and method.adapter_off_is_base(recipe)
-    frozen = frozen_copy(model).to(device) if objective.needs_reference and not adapter_reference else None
-    splits = load_splits(recipe.data, tokenizer, cfg.seed)
+    # A per-sequence reference without an adapter to switch off is computed once, below: no live copy.
+    precomputed_reference = objective.reference_per_sequence and not adapter_reference
+    live_reference = objective.needs_reference and not precomputed_reference
+    frozen = frozen_copy(model).to(device) if live_reference and not adapter_reference else None
+    splits = load_splits(recipe.data, tokenizer, cfg.seed, pairs=objective.pairs)
+    if precomputed_reference:
+        model.to(device)
+        attach_reference_logps(model, {"train": splits.train, "eval": splits.eval}, run_dir,
+                               precision=precision, say=say, batch_size=recipe.eval.batch_size,
+                               pad_id=tokenizer.pad_token_id, device=device, autocast=lambda: autocast(precision, device))
     if recipe.init.reinit_top_layers:
         reinit_top_layers(model, recipe.init.reinit_top_layers)
     model.to(device)
     if recipe.data.batching == "packed":
         use_packed_attention(model)
-    calibration = build_calibration(splits.train, tokenizer, cfg.micro_batch_size, device, cfg.seed)
+    calibration = build_calibration(splits.train_sequences(), tokenizer, cfg.micro_batch_size, device, cfg.seed)
     model = method.prepare(model, recipe, calibration)
     if recipe.init.reinit_top_layers:
         check_reinitialised_layers_train(model, recipe.init.reinit_top_layers, method.name)
@@ -142,7 +152,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
     if cfg.neftune_alpha:
         add_neftune(model, cfg.neftune_alpha)
     model.train()
-    ctx = ObjectiveContext(recipe, reference_logits(model, frozen) if objective.needs_reference else None)
+    ctx = ObjectiveContext(recipe, reference_logits(model, frozen) if live_reference else None)
     trained = trainable_names(model)  # what the optimizer owns and checkpoints hold, whatever a step trains
 
     batches = TrainBatches(splits.train, batching=recipe.data.batching, batch_size=cfg.micro_batch_size,
@@ -182,7 +192,9 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
         f"{peak_memory_mb(device):,.0f} MiB")
     say(f"data: train {splits.train_stats.summary()}"
         + (f"; eval {splits.eval_stats.summary()}" if splits.eval_stats else "; no eval split"))
-    unit = f"rows of {recipe.data.max_tokens} tokens" if recipe.data.batching == "packed" else "examples"
+    unit = "preference pairs" if objective.pairs else "examples"
+    if recipe.data.batching == "packed":
+        unit = f"rows of {recipe.data.max_tokens} tokens"
     say(f"{max_steps} steps of {cfg.micro_batch_size}×{cfg.grad_accum} {unit} ({batches.summary()}); "
         f"run directory {run_dir}")
 
@@ -194,8 +206,13 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
         return checkpoint.save(ckpt_dir, step, model, trained, state, cfg.keep_checkpoints)
 
     def evaluate() -> dict:
-        return heldout_loss(model, splits.eval, batch_size=recipe.eval.batch_size, pad_id=tokenizer.pad_token_id,
-                            device=device, autocast=lambda: autocast(precision, device))
+        """The held-out metrics, logged as eval/<name>."""
+        options = dict(batch_size=recipe.eval.batch_size, pad_id=tokenizer.pad_token_id, device=device,
+                       autocast=lambda: autocast(precision, device))
+        if objective.pairs:
+            return heldout_preference(model, objective, ctx, splits.eval, **options)
+        heldout = heldout_loss(model, splits.eval, **options)
+        return {"loss": heldout["loss"], "ppl": heldout["ppl"]}
 
     metrics = MetricsLog(run_dir / rundir.METRICS, resume_step=step if resume else None)
     mask_id = mask_token_id(tokenizer) if recipe.data.mask_thought_ratio else None
@@ -220,7 +237,8 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
                 (scaler.scale(loss) if scaler else loss).backward()
                 loss_value += float(loss.detach())
                 for key, value in stats.items():  # each micro-batch's share of the step, like the loss
-                    step_stats[f"train/{key}"] = step_stats.get(f"train/{key}", 0.0) + value
+                    key = key if "/" in key else f"train/{key}"  # TRL's `rewards/chosen` stays as it is
+                    step_stats[key] = step_stats.get(key, 0.0) + value
             if not math.isfinite(loss_value):
                 bar.close()
                 metrics.close()
@@ -245,7 +263,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
                       "train/tokens_per_s": step_tokens / seconds, "train/tokens": tokens, "epoch": batches.epoch, **step_stats}
             if splits.eval and (step == max_steps or (recipe.eval.every and step % recipe.eval.every == 0)):
                 last_eval = evaluate()
-                record.update({"eval/loss": last_eval["loss"], "eval/ppl": last_eval["ppl"]})
+                record.update({f"eval/{key}": value for key, value in last_eval.items()})
             metrics.write(record)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{step_tokens / seconds:.0f}", refresh=False)
             bar.update(1)
@@ -264,7 +282,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
         save_final(method, model, tokenizer, run_dir)
     result = RunResult(run_dir=str(run_dir), steps=step, tokens=tokens, seconds=time.perf_counter() - started,
                        train_loss=last_loss, eval_loss=last_eval and last_eval["loss"],
-                       eval_ppl=last_eval and last_eval["ppl"], trainable_params=trainable, total_params=total,
+                       eval_ppl=last_eval and last_eval.get("ppl"), trainable_params=trainable, total_params=total,
                        peak_memory_mb=peak_memory_mb(device), interrupted=interrupted)
     (run_dir / rundir.SUMMARY).write_text(json.dumps(asdict(result), indent=1))
     return result
