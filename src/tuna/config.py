@@ -129,6 +129,28 @@ class OrpoConfig(Section):
     beta: float = Field(0.1, ge=0.0, description="weight of the odds-ratio term added to the chosen NLL (lambda in the paper)")
 
 
+class GrpoConfig(Section):
+    group_size: int = Field(4, ge=2, description="completions sampled per prompt; advantages are normalised within them")
+    max_new_tokens: int = Field(32, ge=1, description="longest sampled completion")
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    kl_beta: float = Field(0.04, ge=0.0, description="weight of the per-token KL to the starting model (paper: 0.04)")
+    clip: float = Field(0.2, gt=0.0, description="ratio clip epsilon")
+    rewards: list[str] = Field(["exact_match"], min_length=1, description="built-in reward names or module:function")
+    reward_weights: list[float] | None = Field(None, description="one weight per reward; unset: all 1")
+    answer_pattern: str | None = Field(None, description="exact_match compares this regex's first group (unset: "
+                                       "the whole completion)")
+    reward_pattern: str = Field(r"^\s*-?\d+\s*$", description="the `regex` reward: 1 where this matches")
+    length_target: int = Field(200, ge=1, description="length_penalty: characters allowed before the penalty")
+    max_reward_errors: int = Field(10, ge=0, description="reward failures (raise / non-number) tolerated before stopping")
+
+    @model_validator(mode="after")
+    def _one_weight_per_reward(self) -> "GrpoConfig":
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ValueError(f"grpo.reward_weights has {len(self.reward_weights)} values for {len(self.rewards)} rewards")
+        return self
+
+
 class OptimConfig(Section):
     layer_decay: float | None = Field(None, gt=0.0, le=1.0, description="learning rate x decay^(depth from the top)")
     clip_per_component: bool = Field(False, description="clip each module's gradient norm to train.max_grad_norm "
@@ -171,7 +193,7 @@ SECTIONS_OF_METHOD = {"full": (), "freeze": ("freeze",), "lora": ("lora",), "dor
                       "hft": ("hft",), "sparse": ("sparse",), "s2ft": ("s2ft",), "chain_lora": ("lora", "chain_lora"),
                       "longlora": ("lora", "longlora")}
 METHOD_SECTIONS = ("freeze", "lora", "hft", "sparse", "s2ft", "chain_lora", "longlora")
-OBJECTIVE_SECTIONS = ("anchored_sft", "dpo", "simpo", "orpo")  # an objective's knob section shares its name
+OBJECTIVE_SECTIONS = ("anchored_sft", "dpo", "simpo", "orpo", "grpo")  # an objective's knob section shares its name
 PAIR_OBJECTIVES = ("dpo", "simpo", "orpo")  # trained on preference pairs
 MethodName = Literal["full", "freeze", "lora", "dora", "rslora", "hft", "sparse", "s2ft", "chain_lora", "longlora"]
 
@@ -187,11 +209,12 @@ class Recipe(Section):
     s2ft: S2ftConfig = S2ftConfig()
     chain_lora: ChainLoraConfig = ChainLoraConfig()
     longlora: LongLoraConfig = LongLoraConfig()
-    objective: Literal["sft", "dft", "anchored_sft", "dpo", "simpo", "orpo"] = "sft"
+    objective: Literal["sft", "dft", "anchored_sft", "dpo", "simpo", "orpo", "grpo"] = "sft"
     anchored_sft: AnchoredSftConfig = AnchoredSftConfig()
     dpo: DpoConfig = DpoConfig()
     simpo: SimpoConfig = SimpoConfig()
     orpo: OrpoConfig = OrpoConfig()
+    grpo: GrpoConfig = GrpoConfig()
     init: InitConfig = InitConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
@@ -222,6 +245,9 @@ class Recipe(Section):
         elif self.data.format == "preference":
             raise ValueError(f"data.format: preference holds pairs for objective {' or '.join(PAIR_OBJECTIVES)}, "
                              f"not {self.objective}")
+        if self.objective == "grpo" and (self.data.batching == "packed" or self.data.mask_thought_ratio > 0):
+            raise ValueError("objective grpo trains on its own sampled completions; data.batching: packed and "
+                             "data.mask_thought_ratio do not apply")
         if self.optim.clip_per_component and self.train.max_grad_norm is None:
             raise ValueError("optim.clip_per_component clips to train.max_grad_norm, which is unset")
         if self.data.format == "text" and "train_on" in self.data.model_fields_set and self.data.train_on == "completion":

@@ -100,3 +100,40 @@ def test_sampled_groups_end_at_eos_and_rows_label_only_the_completion(tiny_model
     assert (batch["labels"][row, : len(prompts[1])] == -100).all() and (batch["labels"][row, n:] == -100).all()
     logps, mask = token_logps(model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits, batch["labels"])
     assert mask[row].sum() == len(completions[row])
+
+
+def test_grpo_trains_end_to_end_logs_its_signals_and_checks_data_first(tiny_model_dir, tiny_recipe, tmp_path,
+                                                                       monkeypatch):
+    import json
+
+    from tuna.train.loop import train
+
+    rows = [{"prompt": f"what is {i} + {i}?", "answer": str(2 * i)} for i in range(12)]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setitem(sys.modules, "length_reward", SimpleNamespace(reward=lambda c, e: len(c) / 10))
+    recipe = tiny_recipe(objective="grpo", data={"path": str(data), "eval_split": 0.25},
+                         grpo={"group_size": 3, "max_new_tokens": 5, "rewards": ["length_reward:reward"]},
+                         train={"max_steps": 2, "micro_batch_size": 2}, eval={"every": 0})
+    result = train(recipe, progress=False)
+    records = [json.loads(line) for line in open(f"{result.run_dir}/metrics.jsonl")]
+    for key in ("train/reward", "train/reward_std", "train/kl", "train/completion_length",
+                "train/frac_reward_zero_std"):
+        assert key in records[0], key
+    assert records[0]["train/kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts as the reference
+    assert 0 < records[0]["train/completion_length"] <= 5 and records[0]["train/tokens"] > 0
+    assert "eval/reward" in records[-1]
+
+    with pytest.raises(UserError, match="reward exact_match needs a `answer or completion` field"):
+        train(tiny_recipe(objective="grpo", data={"path": str(data)}, grpo={"rewards": ["exact_match"]},
+                          output_dir=str(tmp_path / "x")) if False else
+              tiny_recipe(objective="grpo", data={"path": str(write_rows(tmp_path, [{"prompt": "hi"}] * 4))},
+                          output_dir=str(tmp_path / "x")), progress=False)
+
+
+def write_rows(tmp_path, rows):
+    import json
+
+    path = tmp_path / "no_answers.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

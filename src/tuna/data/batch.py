@@ -24,6 +24,7 @@ import torch
 
 from tuna.data.packing import best_fit_decreasing, collate_packed
 from tuna.data.preference import Pair
+from tuna.data.prompts import PromptItem, collate_prompts
 from tuna.data.render import IGNORE, Rendered
 
 
@@ -95,6 +96,7 @@ class TrainBatches:
         self.items, self.batching, self.batch_size = items, batching, batch_size
         self.weighting, self.pad_id, self.seed, self.max_tokens = weighting, pad_id, seed, max_tokens
         self.pairs = isinstance(items[0], Pair)
+        self.prompts = isinstance(items[0], PromptItem)  # GRPO: prompts only; completions are sampled
         if self.pairs and batching == "packed":
             raise ValueError("preference pairs are not packed")
         self.lengths = [item.length if self.pairs else len(item.input_ids) for item in items]
@@ -138,6 +140,8 @@ class TrainBatches:
         items = [self.items[i] for i in self.next_indices()]
         if self.pairs:
             return collate_pairs(items, self.pad_id)
+        if self.prompts:
+            return collate_prompts(items)
         if self.batching == "packed":
             return collate_packed(items, [target_weights(item, self.weighting) for item in items])
         return collate(items, self.pad_id, self.weighting)

@@ -13,6 +13,7 @@ import torch
 from tuna.data.formats import detect_format
 from tuna.data.pause import add_pauses
 from tuna.data.preference import Pair, render_pairs
+from tuna.data.prompts import render_prompts
 from tuna.data.read import read_records
 from tuna.data.render import Rendered, RenderStats, render_records
 from tuna.errors import UserError
@@ -30,8 +31,9 @@ class Splits:
         return [s for item in self.train for s in ((item.chosen, item.rejected) if isinstance(item, Pair) else (item,))]
 
 
-def load_splits(data_cfg, tokenizer, seed: int, *, pairs: bool = False) -> Splits:
-    """`pairs`: the objective trains on preference pairs, so the data must be preference data."""
+def load_splits(data_cfg, tokenizer, seed: int, *, pairs: bool = False, prompts: bool = False) -> Splits:
+    """`pairs`: the objective trains on preference pairs, so the data must be preference data.
+    `prompts`: it samples its own completions, so only the prompts (with their records) are rendered."""
     if data_cfg.path is None:
         raise UserError("data.path is not set; point it at a JSONL, JSON, Parquet, CSV file or a datasets directory")
     records = read_records(data_cfg.path)
@@ -47,12 +49,15 @@ def load_splits(data_cfg, tokenizer, seed: int, *, pairs: bool = False) -> Split
             n_eval = 1
         eval_records = [records[i] for i in order[:n_eval]]
         train_records = [records[i] for i in sorted(order[n_eval:])]
-    train, train_stats = render_split(train_records, data_cfg, tokenizer, pairs)
-    evals, eval_stats = render_split(eval_records, data_cfg, tokenizer, pairs) if eval_records else ([], None)
+    train, train_stats = render_split(train_records, data_cfg, tokenizer, pairs, prompts)
+    evals, eval_stats = render_split(eval_records, data_cfg, tokenizer, pairs, prompts) if eval_records else ([], None)
     return Splits(train, evals, train_stats, eval_stats)
 
 
-def render_split(records: list[dict], data_cfg, tokenizer, pairs: bool = False) -> tuple[list, RenderStats]:
+def render_split(records: list[dict], data_cfg, tokenizer, pairs: bool = False,
+                 prompts: bool = False) -> tuple[list, RenderStats]:
+    if prompts:
+        return render_prompts(records, data_cfg.format, tokenizer, max_tokens=data_cfg.max_tokens)
     if pairs:
         fmt = detect_format(records) if data_cfg.format == "auto" else data_cfg.format
         if fmt != "preference":

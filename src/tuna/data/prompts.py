@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+
 from tuna.data.formats import detect_format, to_example
 from tuna.data.render import RenderStats, chat_text
 from tuna.errors import UserError
@@ -60,3 +61,9 @@ def render_prompts(records: list[dict], fmt: str, tokenizer, *, max_tokens: int)
     if not items:
         raise UserError(f"no prompt fits data.max_tokens ({stats.summary()})")
     return items, stats
+
+
+def collate_prompts(items: list[PromptItem]) -> dict:
+    """Prompts stay token lists (they are left-padded at sampling time) with their records."""
+    return {"prompt_ids": [item.input_ids for item in items], "examples": [item.record for item in items],
+            "indices": [item.index for item in items]}

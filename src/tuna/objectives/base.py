@@ -29,9 +29,13 @@ class Objective:
     needs_reference: bool = False
     pairs: bool = False
     reference_per_sequence: bool = False
+    prompts: bool = False  # trains on prompts and samples its own completions (`data.prompts`)
+    check_data: Callable[[object, list], None] | None = None  # (recipe, train items): refuse unusable data early
 
 
 @dataclass
 class ObjectiveContext:
     recipe: object
     reference: Callable[[dict], torch.Tensor] | None = None  # batch -> the starting model's logits
+    tokenizer: object = None  # for objectives that decode what they sample
+    reward_errors: object = None  # `rewards.RewardErrors` of the run, for objectives that score samples

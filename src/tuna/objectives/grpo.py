@@ -19,7 +19,7 @@ import torch
 
 from tuna.data.render import IGNORE
 from tuna.objectives.base import Objective
-from tuna.objectives.rewards import RewardErrors, score
+from tuna.objectives.rewards import RewardErrors, check_records, score
 from tuna.objectives.sft import model_logits
 
 EPSILON = 1e-4
@@ -47,8 +47,9 @@ def policy_loss(logps: torch.Tensor, reference_logps: torch.Tensor, advantages: 
 
 @torch.no_grad()
 def sample_completions(model, prompt_ids: list[list[int]], *, group: int, max_new_tokens: int, temperature: float,
-                       top_p: float, pad_id: int, eos_id: int) -> list[list[int]]:
-    """`group` sampled completions per prompt (prompt-major), each cut after its first EOS."""
+                       top_p: float, pad_id: int, eos_id: int, sample: bool = True) -> list[list[int]]:
+    """`group` sampled completions per prompt (prompt-major), each cut after its first EOS; greedy
+    (one per prompt) when `sample` is False."""
     device = next(model.parameters()).device
     width = max(map(len, prompt_ids))
     input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
@@ -59,9 +60,10 @@ def sample_completions(model, prompt_ids: list[list[int]], *, group: int, max_ne
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=True,
-                             temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                             num_return_sequences=group, pad_token_id=pad_id, eos_token_id=eos_id)
+        options = dict(do_sample=True, temperature=temperature, top_p=top_p, num_return_sequences=group) if sample \
+            else dict(do_sample=False)
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                             max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id, **options)
     finally:
         model.train(was_training)
     completions = []
@@ -125,7 +127,26 @@ def batch_weight(batch: dict) -> float:
     return float(len(batch["prompt_ids"]))
 
 
+def heldout_reward(model, tokenizer, items: list, knobs, errors: RewardErrors, batch_size: int) -> dict:
+    """Mean reward of greedy answers to held-out prompts: did the policy improve where it did not train?"""
+    total = 0.0
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        completions = sample_completions(model, [i.input_ids for i in chunk], group=1, max_new_tokens=knobs.max_new_tokens,
+                                         temperature=1.0, top_p=1.0, pad_id=tokenizer.pad_token_id,
+                                         eos_id=tokenizer.eos_token_id, sample=False)
+        texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+        weights = knobs.reward_weights or [1.0] * len(knobs.rewards)
+        total += sum(score(knobs.rewards, weights, texts, [i.record for i in chunk], [i.index for i in chunk],
+                           knobs, errors))
+    return {"reward": total / max(len(items), 1)}
+
+
+def check_data(recipe, items: list) -> None:
+    check_records(recipe.grpo.rewards, [item.record for item in items])
+
+
 OBJECTIVE = Objective(name="grpo", summary="group relative policy optimisation on sampled completions, scored by "
                                            "reward functions (grpo.*)",
                       paper="DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models",
-                      loss=loss, batch_weight=batch_weight, needs_reference=True)
+                      loss=loss, batch_weight=batch_weight, needs_reference=True, prompts=True, check_data=check_data)

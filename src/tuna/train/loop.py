@@ -37,7 +37,9 @@ from tuna.models.reinit import check_reinitialised_layers_train, reinit_top_laye
 from tuna.models.rope import apply_rope_scaling
 from tuna.objectives import REGISTRY as OBJECTIVES
 from tuna.objectives.base import ObjectiveContext
+from tuna.objectives.grpo import heldout_reward
 from tuna.objectives.pairwise import heldout_preference
+from tuna.objectives.rewards import RewardErrors
 from tuna.objectives.reference import frozen_copy, reference_logits
 from tuna.objectives.reference_logps import attach_reference_logps
 from tuna.train import checkpoint
@@ -132,7 +134,9 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
     precomputed_reference = objective.reference_per_sequence and not adapter_reference
     live_reference = objective.needs_reference and not precomputed_reference
     frozen = frozen_copy(model).to(device) if live_reference and not adapter_reference else None
-    splits = load_splits(recipe.data, tokenizer, cfg.seed, pairs=objective.pairs)
+    splits = load_splits(recipe.data, tokenizer, cfg.seed, pairs=objective.pairs, prompts=objective.prompts)
+    if objective.check_data:
+        objective.check_data(recipe, splits.train + splits.eval)
     if precomputed_reference:
         model.to(device)
         attach_reference_logps(model, {"train": splits.train, "eval": splits.eval}, run_dir,
@@ -152,7 +156,8 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
     if cfg.neftune_alpha:
         add_neftune(model, cfg.neftune_alpha)
     model.train()
-    ctx = ObjectiveContext(recipe, reference_logits(model, frozen) if live_reference else None)
+    ctx = ObjectiveContext(recipe, reference_logits(model, frozen) if live_reference else None, tokenizer=tokenizer,
+                           reward_errors=RewardErrors(recipe.grpo.max_reward_errors))
     trained = trainable_names(model)  # what the optimizer owns and checkpoints hold, whatever a step trains
 
     batches = TrainBatches(splits.train, batching=recipe.data.batching, batch_size=cfg.micro_batch_size,
@@ -193,6 +198,8 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
     say(f"data: train {splits.train_stats.summary()}"
         + (f"; eval {splits.eval_stats.summary()}" if splits.eval_stats else "; no eval split"))
     unit = "preference pairs" if objective.pairs else "examples"
+    if objective.prompts:
+        unit = f"prompts × {recipe.grpo.group_size} sampled completions"
     if recipe.data.batching == "packed":
         unit = f"rows of {recipe.data.max_tokens} tokens"
     say(f"{max_steps} steps of {cfg.micro_batch_size}×{cfg.grad_accum} {unit} ({batches.summary()}); "
@@ -211,6 +218,8 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
                        autocast=lambda: autocast(precision, device))
         if objective.pairs:
             return heldout_preference(model, objective, ctx, splits.eval, **options)
+        if objective.prompts:
+            return heldout_reward(model, tokenizer, splits.eval, recipe.grpo, ctx.reward_errors, recipe.eval.batch_size)
         heldout = heldout_loss(model, splits.eval, **options)
         return {"loss": heldout["loss"], "ppl": heldout["ppl"]}
 
@@ -230,10 +239,10 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
             step_weight = sum(objective.batch_weight(b) for b in micro) or 1.0
             loss_value, step_tokens, step_stats = 0.0, 0, {}
             for batch in micro:
-                batch = {k: v.to(device) for k, v in batch.items()}
-                step_tokens += real_tokens(batch)
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 with autocast(precision, device):
                     loss, stats = objective.loss(model, batch, step_weight, ctx)
+                step_tokens += stats.pop("tokens", None) or real_tokens(batch)  # objectives that sample count their own
                 (scaler.scale(loss) if scaler else loss).backward()
                 loss_value += float(loss.detach())
                 for key, value in stats.items():  # each micro-batch's share of the step, like the loss
@@ -281,7 +290,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> Run
         metrics.close()
         save_final(method, model, tokenizer, run_dir)
     result = RunResult(run_dir=str(run_dir), steps=step, tokens=tokens, seconds=time.perf_counter() - started,
-                       train_loss=last_loss, eval_loss=last_eval and last_eval["loss"],
+                       train_loss=last_loss, eval_loss=last_eval and last_eval.get("loss"),
                        eval_ppl=last_eval and last_eval.get("ppl"), trainable_params=trainable, total_params=total,
                        peak_memory_mb=peak_memory_mb(device), interrupted=interrupted)
     (run_dir / rundir.SUMMARY).write_text(json.dumps(asdict(result), indent=1))
