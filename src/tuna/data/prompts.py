@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from tuna.data.formats import detect_format, to_example
 from tuna.data.render import RenderStats, chat_text
 from tuna.errors import UserError

@@ -103,8 +103,7 @@ def loss(model, batch: dict, step_weight: float, ctx) -> tuple[torch.Tensor, dic
     texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
     examples = [batch["examples"][i // group] for i in range(len(completions))]
     indices = [batch["indices"][i // group] for i in range(len(completions))]
-    weights = knobs.reward_weights or [1.0] * len(knobs.rewards)
-    rewards = torch.tensor(score(knobs.rewards, weights, texts, examples, indices, knobs, ctx.reward_errors))
+    rewards = torch.tensor(total_rewards(texts, examples, indices, knobs, ctx.reward_errors))
     grouped = rewards.view(-1, group)
     advantages = group_advantages(grouped).flatten()
 
@@ -123,6 +122,12 @@ def loss(model, batch: dict, step_weight: float, ctx) -> tuple[torch.Tensor, dic
     return value, stats
 
 
+def total_rewards(texts: list[str], examples: list[dict], indices: list[int], knobs, errors: RewardErrors) -> list[float]:
+    """The configured rewards of each text, weighted (all weights 1 unless `grpo.reward_weights` says otherwise)."""
+    weights = knobs.reward_weights or [1.0] * len(knobs.rewards)
+    return score(knobs.rewards, weights, texts, examples, indices, knobs, errors)
+
+
 def batch_weight(batch: dict) -> float:
     return float(len(batch["prompt_ids"]))
 
@@ -136,9 +141,7 @@ def heldout_reward(model, tokenizer, items: list, knobs, errors: RewardErrors, b
                                          temperature=1.0, top_p=1.0, pad_id=tokenizer.pad_token_id,
                                          eos_id=tokenizer.eos_token_id, sample=False)
         texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-        weights = knobs.reward_weights or [1.0] * len(knobs.rewards)
-        total += sum(score(knobs.rewards, weights, texts, [i.record for i in chunk], [i.index for i in chunk],
-                           knobs, errors))
+        total += sum(total_rewards(texts, [i.record for i in chunk], [i.index for i in chunk], knobs, errors))
     return {"reward": total / max(len(items), 1)}
 
 
