@@ -168,6 +168,8 @@ class OptimConfig(Section):
     clip_per_component: bool = Field(False, description="clip each module's gradient norm to train.max_grad_norm "
                                      "on its own instead of the global norm")
     offload: bool = Field(False, description="keep AdamW's states (and its update) in CPU memory")
+    eight_bit: bool = Field(False, description="AdamW with block-wise 8-bit states (bitsandbytes AdamW8bit): 2 bytes "
+                            "of state per trained parameter instead of 8")
 
 
 class InitConfig(Section):
@@ -272,8 +274,11 @@ class Recipe(Section):
                              "data.mask_thought_ratio do not apply")
         if self.train.loss_chunk_tokens is not None and self.objective not in ("sft", "self_sft"):
             raise ValueError(f"train.loss_chunk_tokens applies to objectives sft and self_sft, not {self.objective}")
-        if self.optim.offload and self.train.distributed == "fsdp":
-            raise ValueError("optim.offload works with one process or train.distributed: ddp, not fsdp")
+        for knob in ("offload", "eight_bit"):
+            if getattr(self.optim, knob) and self.train.distributed == "fsdp":
+                raise ValueError(f"optim.{knob} works with one process or train.distributed: ddp, not fsdp")
+        if self.optim.offload and self.optim.eight_bit:
+            raise ValueError("optim.offload and optim.eight_bit are two different optimizers; choose one")
         if self.optim.clip_per_component and self.train.max_grad_norm is None:
             raise ValueError("optim.clip_per_component clips to train.max_grad_norm, which is unset")
         if self.data.format == "text" and "train_on" in self.data.model_fields_set and self.data.train_on == "completion":

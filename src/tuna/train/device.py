@@ -58,7 +58,8 @@ def explain_out_of_memory(recipe, step: int, *, last_checkpoint):
             f"out of memory at step {step} (micro-batch of {cfg.micro_batch_size}, up to {recipe.data.max_tokens} "
             f"tokens each). To fit: lower train.micro_batch_size and raise train.grad_accum to keep the batch; "
             f"set train.gradient_checkpointing: true; set train.loss_chunk_tokens (e.g. 1024); lower data.max_tokens "
-            f"(the row length with data.batching: packed); or train fewer parameters (method: lora). {where}; "
+            f"(the row length with data.batching: packed); shrink the optimizer (optim.eight_bit, or optim.offload to "
+            f"CPU memory); or train fewer parameters (method: lora). {where}; "
             f"resume with `tuna train --resume {recipe.output_dir}` after changing them") from None
 
 

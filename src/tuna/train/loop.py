@@ -51,7 +51,7 @@ from tuna.train.device import (autocast, explain_out_of_memory, resolve_device, 
 from tuna.train.compile import compile_blocks
 from tuna.train.metrics import MetricsLog
 from tuna.train.neftune import add_neftune
-from tuna.train.optim import build_optimizer, clip_gradients
+from tuna.train.optim import build_optimizer, check_available, clip_gradients
 from tuna.train.trackers import Trackers, check_installed
 
 SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
@@ -137,6 +137,7 @@ def train_rank(recipe: Recipe, dist: distributed.Dist, *, resume: bool, progress
     precision = resolve_precision(cfg.precision, device)
     method, objective = METHODS[recipe.method], OBJECTIVES[recipe.objective]
     check_installed(cfg.report_to)  # before any slow work
+    check_available(recipe.optim)
     run_dir = prepare_run_dir(recipe, resume, dist)
     say = (lambda msg: print(f"tuna: {msg}", file=sys.stderr)) if dist.main else (lambda msg: None)
 

@@ -8,10 +8,12 @@ Parameters with equal multipliers share a group, so the scheduler scales every g
 """
 from __future__ import annotations
 
+import importlib.util
 from collections import defaultdict
 
 import torch
 
+from tuna.errors import UserError
 from tuna.methods.base import decoder_layers
 from tuna.train.offload import OffloadedAdamW
 
@@ -26,7 +28,22 @@ def layer_decay_scales(model, decay: float) -> dict[int, float]:
     return {id(p): decay ** depth.get(id(p), 0) for p in model.parameters()}
 
 
-def build_optimizer(model, recipe, method, lr: float) -> torch.optim.AdamW:
+def check_available(optim) -> None:
+    """Refuse, before any slow work, an optimizer whose package is missing."""
+    if optim.eight_bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("optim.eight_bit needs bitsandbytes, not installed here; install it with "
+                        "`pip install bitsandbytes` or remove optim.eight_bit")
+
+
+def optimizer_class(optim) -> type[torch.optim.Optimizer]:
+    if optim.eight_bit:  # Dettmers et al. 2022: states quantised per block of 256 values, dynamic 8-bit code
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit
+    return OffloadedAdamW if optim.offload else torch.optim.AdamW
+
+
+def build_optimizer(model, recipe, method, lr: float) -> torch.optim.Optimizer:
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     scales = {id(p): 1.0 for _, p in named}
     if method.lr_scales:
@@ -39,8 +56,7 @@ def build_optimizer(model, recipe, method, lr: float) -> torch.optim.AdamW:
     for _, p in named:
         groups[scales[id(p)]].append(p)
     # `lr_scale` stays in each group (and its state dict) so a reader can tell the base rate from a group's rate
-    optimizer = OffloadedAdamW if recipe.optim.offload else torch.optim.AdamW
-    return optimizer([{"params": params, "lr": lr * scale, "lr_scale": scale} for scale, params in sorted(groups.items())],
+    return optimizer_class(recipe.optim)([{"params": params, "lr": lr * scale, "lr_scale": scale} for scale, params in sorted(groups.items())],
                      lr=lr, weight_decay=recipe.train.weight_decay)
 
 

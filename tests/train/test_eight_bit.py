@@ -1,0 +1,71 @@
+"""optim.eight_bit: bitsandbytes' AdamW8bit, run for real on the CPU."""
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from tuna.errors import UserError
+from tuna.methods import REGISTRY
+from tuna.models.load import load_base
+from tuna.train.loop import train
+from tuna.train.optim import build_optimizer
+
+SMALLEST_QUANTISED = 4096  # bitsandbytes keeps float32 states for tensors with fewer elements
+
+
+def one_step(tiny_recipe, directory, eight_bit: bool):
+    torch.manual_seed(0)
+    recipe = tiny_recipe(model=str(directory), method="full", optim={"eight_bit": eight_bit})
+    model = REGISTRY["full"].prepare(load_base(str(directory))[0], recipe)
+    optimizer = build_optimizer(model, recipe, REGISTRY["full"], 1e-3)
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def state_bytes(optimizer, model) -> int:
+    """Bytes of optimizer state held for the model's large tensors."""
+    return sum(t.numel() * t.element_size() for p in model.parameters() if p.numel() >= SMALLEST_QUANTISED
+               for t in optimizer.state[p].values() if torch.is_tensor(t) and t.dim() > 0)
+
+
+def test_large_tensors_keep_both_moments_in_one_byte_per_element(tiny_recipe, tiny_model_dir):
+    model, optimizer = one_step(tiny_recipe, tiny_model_dir, eight_bit=True)
+    large = [p for p in model.parameters() if p.numel() >= SMALLEST_QUANTISED]
+    assert large
+    for p in large:
+        state = optimizer.state[p]
+        assert state["state1"].dtype == state["state2"].dtype == torch.uint8
+        assert state["state1"].shape == state["state2"].shape == p.shape
+    plain_model, plain = one_step(tiny_recipe, tiny_model_dir, eight_bit=False)
+    assert state_bytes(optimizer, model) < 0.3 * state_bytes(plain, plain_model)  # 2 bytes (+ block scales) instead of 8
+
+
+def test_training_follows_float32_adamw_closely(tiny_recipe, tmp_path):
+    runs = {}
+    for eight_bit in (False, True):
+        result = train(tiny_recipe(method="full", optim={"eight_bit": eight_bit}, train={"max_steps": 6, "lr": 5e-3},
+                                   eval={"every": 0}, output_dir=str(tmp_path / str(eight_bit))), progress=False)
+        runs[eight_bit] = [json.loads(line)["train/loss"] for line in open(f"{result.run_dir}/metrics.jsonl")]
+    assert runs[True] != runs[False]  # the states really are quantised
+    assert runs[True] == pytest.approx(runs[False], rel=0.05)
+    assert runs[True][-1] < runs[True][0]
+
+
+@pytest.mark.parametrize("optim, train_knobs, message", [
+    ({"eight_bit": True, "offload": True}, {}, "two different optimizers"),
+    ({"eight_bit": True}, {"distributed": "fsdp"}, "optim.eight_bit works with one process"),
+])
+def test_combinations_that_cannot_work_are_refused(tiny_recipe, optim, train_knobs, message):
+    with pytest.raises(UserError, match=message):
+        tiny_recipe(optim=optim, train=train_knobs)
+
+
+def test_a_missing_bitsandbytes_is_an_error_before_any_work(tiny_recipe, tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(UserError, match="optim.eight_bit needs bitsandbytes, not installed here"):
+        train(tiny_recipe(optim={"eight_bit": True}), progress=False)
+    assert not (tmp_path / "run").exists()
