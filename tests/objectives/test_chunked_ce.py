@@ -72,3 +72,50 @@ def test_no_more_than_a_slice_of_logits_exists_at_once(tiny_dirs, monkeypatch):
     assert len(rows) == slices and max(rows) <= 8
     losses.sum().backward()
     assert len(rows) == 2 * slices
+
+
+def fake_liger(calls: list):
+    """Stands in for liger's `liger_fused_linear_cross_entropy` (Triton needs CUDA): its documented
+    semantics, input (N, H) and weight (V, H), computed plainly, with every call recorded."""
+    def fused(_input, weight, target, bias=None, ignore_index=-100, reduction="mean"):
+        calls.append({"ignore_index": ignore_index, "reduction": reduction, "rows": _input.shape[0]})
+        logits = torch.nn.functional.linear(_input, weight, bias).float()
+        return torch.nn.functional.cross_entropy(logits, target, ignore_index=ignore_index, reduction=reduction)
+    return fused
+
+
+def test_on_cuda_liger_replaces_the_slices_with_the_same_losses_and_gradients(tiny_dirs, monkeypatch):
+    from tuna.objectives import chunked_ce
+
+    calls = []
+    monkeypatch.setattr(chunked_ce, "fused_kernel", lambda device: fake_liger(calls))
+    model, tokenizer = load_base(str(tiny_dirs["qwen2"]))
+    batch = a_batch(len(tokenizer))
+    plain, plain_mask, plain_grads = losses_and_grads(model, batch, token_losses)
+    fused, mask, grads = losses_and_grads(model, batch, lambda m, b: chunked_token_losses(m, b, chunk_tokens=7))
+    assert calls == [{"ignore_index": IGNORE, "reduction": "none", "rows": 3 * 18}]  # one call, every position
+    assert torch.equal(mask, plain_mask)
+    torch.testing.assert_close(fused, plain, atol=1e-6, rtol=1e-5)
+    for name in plain_grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_liger_is_chosen_only_on_cuda_and_when_installed(monkeypatch):
+    import importlib.util
+    import sys
+    import types
+
+    from tuna.objectives import chunked_ce
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else real(name, *a))
+    assert chunked_ce.fused_kernel(torch.device("cuda")) is None  # not installed
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "liger_kernel" else real(name, *a))
+    functional = types.ModuleType("liger_kernel.transformers.functional")
+    functional.liger_fused_linear_cross_entropy = fake_liger([])
+    for name, module in (("liger_kernel", types.ModuleType("liger_kernel")),
+                         ("liger_kernel.transformers", types.ModuleType("liger_kernel.transformers")),
+                         ("liger_kernel.transformers.functional", functional)):
+        monkeypatch.setitem(sys.modules, name, module)
+    assert chunked_ce.fused_kernel(torch.device("cpu")) is None  # installed, but Triton's kernels need CUDA
+    assert chunked_ce.fused_kernel(torch.device("cuda")) is functional.liger_fused_linear_cross_entropy

@@ -7,9 +7,13 @@ computed, and are recomputed in the backward pass (activation checkpointing per 
 and the gradients equal the plain loss up to float rounding; the price is one more head matmul.
 
 Used by the SFT loss (and S3FT's) when `train.loss_chunk_tokens` is set. Models whose logits are more than `head(h)`
-(Gemma's soft-capping, Cohere's logit scale) are refused rather than silently changed.
+(Gemma's soft-capping, Cohere's logit scale) are refused rather than silently changed. On CUDA with
+liger-kernel installed, its fused linear cross-entropy (Triton kernels, its own chunk size) replaces
+the slices here: same per-token losses, with the head's gradient computed chunk by chunk in-kernel.
 """
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +45,15 @@ def _slice_losses(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: tor
     return F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="none")
 
 
+def fused_kernel(device: torch.device):
+    """liger-kernel's fused linear cross-entropy where it can run (CUDA, package installed), else None."""
+    if device.type != "cuda" or importlib.util.find_spec("liger_kernel") is None:
+        return None
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    return liger_fused_linear_cross_entropy
+
+
 def chunked_token_losses(model, batch: dict, chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """As `sft.token_losses`: (B, T-1) per-position losses (0 where ignored) and the mask that counts."""
     from tuna.objectives.sft import MODEL_INPUTS
@@ -50,6 +63,10 @@ def chunked_token_losses(model, batch: dict, chunk_tokens: int) -> tuple[torch.T
     targets = batch["labels"][:, 1:]
     flat_hidden = hidden[:, :-1].reshape(-1, hidden.size(-1))
     flat_targets = targets.reshape(-1)
+    fused = fused_kernel(flat_hidden.device)
+    if fused is not None:
+        losses = fused(flat_hidden, head.weight, flat_targets, head.bias, ignore_index=IGNORE, reduction="none")
+        return losses.float().view_as(targets), targets != IGNORE
     keep = torch.is_grad_enabled()
     pieces = []
     for start in range(0, flat_targets.numel(), chunk_tokens):
