@@ -127,6 +127,7 @@ def runs(tiny_dirs, tmp_path_factory):
     for name, base, micro, accum in (("lora-1", LORA, 2, 2), ("full-1", FULL, 2, 2), ("full-1x4", FULL, 1, 4),
                                      ("packed-1", PACKED, 1, 2)):
         train(validate_recipe(recipe(name, base, micro_batch_size=micro, grad_accum=accum)), progress=False)
+    train(validate_recipe(recipe("full-1-bf16", FULL, micro_batch_size=4, precision="bf16")), progress=False)
     truncate_to_step_4(root / "lora-1", root / "lora-1to2")  # a single-process checkpoint, resumed by two
 
     jobs = [
@@ -134,6 +135,8 @@ def runs(tiny_dirs, tmp_path_factory):
          "recipe": recipe("lora-fsdp", LORA, micro_batch_size=2, grad_accum=1, distributed="fsdp")},
         {"name": "full-fsdp",
          "recipe": recipe("full-fsdp", FULL, micro_batch_size=2, grad_accum=1, distributed="fsdp")},
+        {"name": "full-fsdp-bf16",
+         "recipe": recipe("full-fsdp-bf16", FULL, micro_batch_size=2, distributed="fsdp", precision="bf16")},
         {"name": "full-ddp", "recipe": recipe("full-ddp", FULL, micro_batch_size=1, grad_accum=2)},
         {"name": "packed-ddp", "recipe": recipe("packed-ddp", PACKED, micro_batch_size=1, grad_accum=1)},
         {"name": "stop", "recipe": recipe("stop", LORA, micro_batch_size=2, grad_accum=1), "interrupt": [1, 3]},
@@ -167,6 +170,40 @@ def test_two_processes_take_the_single_process_steps(runs, run, single):
     print(f"\n{run} vs {single}: max |train loss diff| {train_diff:.3g}, max |eval loss diff| {eval_diff:.3g}, "
           f"max relative grad-norm diff {norm_diff:.3g}")
     assert train_diff < TOLERANCE and eval_diff < TOLERANCE and norm_diff < TOLERANCE
+
+
+def test_fsdp_under_bf16_follows_the_single_process_bf16_run(runs):
+    """Two sharded processes under bf16 against one process under bf16 autocast: the same steps within
+    bf16 rounding (the two differ in where they round, so not bit for bit)."""
+    root = runs["root"]
+    steps = list(range(1, 7))
+    to_bf16 = max_difference(root / "full-fsdp-bf16", root / "full-1-bf16", steps)
+    to_fp32 = max_difference(root / "full-fsdp-bf16", root / "full-1", steps)
+    print(f"\nfsdp bf16: max |loss diff| {to_bf16:.3g} to one bf16 process, {to_fp32:.3g} to one fp32 process")
+    assert to_bf16 < 2e-2
+
+
+def test_the_fsdp_bf16_policy_computes_in_bf16_and_keeps_float32_shards(tiny_model_dir):
+    """FSDP2's MixedPrecisionPolicy as `shard` sets it: layers see bf16 weights, the sharded parameters
+    and their gradients (what the optimizer steps) stay float32."""
+    import torch.distributed as dist
+
+    from tuna.models.load import load_base
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        model, _ = load_base(str(tiny_model_dir))
+        Dist(torch.device("cpu"), 0, 1, "fsdp").shard(model, "bf16")
+        seen = {}
+        projection = model.model.layers[0].self_attn.q_proj
+        projection.register_forward_pre_hook(lambda module, args: seen.update(weight=module.weight.dtype))
+        ids = torch.tensor([[5, 6, 7, 8]])
+        model(input_ids=ids, labels=ids).loss.backward()
+    finally:
+        dist.destroy_process_group()
+    assert seen == {"weight": torch.bfloat16}
+    assert type(projection.weight).__name__ == "DTensor"
+    assert projection.weight.dtype == projection.weight.grad.dtype == torch.float32
 
 
 def test_rank_0_alone_writes_the_run_and_prints(runs):
