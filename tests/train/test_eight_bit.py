@@ -69,3 +69,26 @@ def test_a_missing_bitsandbytes_is_an_error_before_any_work(tiny_recipe, tmp_pat
     with pytest.raises(UserError, match="optim.eight_bit needs bitsandbytes, not installed here"):
         train(tiny_recipe(optim={"eight_bit": True}), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def tensors_in(tree) -> list[torch.Tensor]:
+    """Every tensor in a nest of dicts (bitsandbytes wraps its quantisation state in one more level)."""
+    if torch.is_tensor(tree):
+        return [tree]
+    return [t for value in tree.values() for t in tensors_in(value)] if isinstance(tree, dict) else []
+
+
+@pytest.mark.parametrize("first, then", [(False, True), (True, False)])
+def test_switching_eight_bit_on_resume_starts_the_moments_afresh(tiny_recipe, capsys, first, then):
+    """The out-of-memory advice says: change the knobs, then resume. The old optimizer state cannot
+    feed the other optimizer, so it is left out (and said so); everything else is restored."""
+    options = dict(method="full", eval={"every": 0})
+    train(tiny_recipe(optim={"eight_bit": first}, train={"max_steps": 2, "save_every": 2}, **options), progress=False)
+    resumed = train(tiny_recipe(optim={"eight_bit": then}, train={"max_steps": 4, "save_every": 2}, **options),
+                    resume=True, progress=False)
+    assert resumed.steps == 4
+    assert "moments start afresh" in capsys.readouterr().err
+    state = torch.load(f"{resumed.run_dir}/checkpoints/step-0000004/state.pt", weights_only=False)
+    moments = {t.dtype for t in tensors_in(state["optimizer"]["state"])}
+    assert state["optimizer_kind"] == ("adamw8bit" if then else "adamw")
+    assert (torch.uint8 in moments) == then

@@ -230,22 +230,28 @@ class Dist:
         self.barrier()  # nobody goes on before the checkpoint is in place
         return target
 
-    def load_checkpoint(self, path: Path, model, optimizer, names: list[str]) -> dict:
+    def load_checkpoint(self, path: Path, model, optimizer, names: list[str], optimizer_kind: str) -> dict:
         """Put a checkpoint of either format into the model and optimizer, restore this rank's RNG states
-        (a rank the checkpoint has none for keeps its own seed), and return the rest of the state."""
+        (a rank the checkpoint has none for keeps its own seed), and return the rest of the state. Optimizer
+        state of another kind (`optim.eight_bit` switched since) is left out: the optimizer starts afresh."""
         if not checkpoint.is_sharded(path):
             if self.mode == "fsdp":
                 raise UserError(f"checkpoint {path} was written by one process and holds whole tensors; resume it "
                                 "with train.distributed: ddp (or one process)")
             state = checkpoint.load(path, model, names)
-            optimizer.load_state_dict(state["optimizer"])
+            if optimizer_kind_of(state) == optimizer_kind:
+                optimizer.load_state_dict(state["optimizer"])
             rng = state["rng"] if self.main else None
         else:
-            state = _load_shards(path, model, optimizer, names)
+            state = _load_shards(path, model, optimizer, names, optimizer_kind)
             rng = state["rng"][self.rank] if self.rank < len(state["rng"]) else None
         if rng is not None:
             checkpoint.set_rng_states(rng)
         return state
+
+
+def optimizer_kind_of(state: dict) -> str:
+    return state.get("optimizer_kind", "adamw")  # checkpoints from before 8-bit AdamW hold AdamW's state
 
 
 def _state_dicts(model, optimizer, names: list[str]) -> tuple[dict, dict]:
@@ -264,12 +270,14 @@ def _options():
     return StateDictOptions(strict=False)  # a checkpoint holds the trained tensors, not the whole model
 
 
-def _load_shards(path: Path, model, optimizer, names: list[str]) -> dict:
+def _load_shards(path: Path, model, optimizer, names: list[str], optimizer_kind: str) -> dict:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.state_dict import set_state_dict
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
     checkpoint.check_fingerprint(path, model, names)
+    state = torch.load(path / checkpoint.STATE, weights_only=False)
+    with_optimizer = optimizer_kind_of(state) == optimizer_kind
     model_state, optimizer_state = _state_dicts(model, optimizer, names)
     try:
         # a parameter no step had updated yet (HFT's other half) had no optimizer state, and gets none
@@ -277,16 +285,19 @@ def _load_shards(path: Path, model, optimizer, names: list[str]) -> dict:
         has_state = {key.rsplit(".", 1)[0] for key in stored if key.startswith("optimizer.state.")}
         optimizer_state["state"] = {name: value for name, value in optimizer_state["state"].items()
                                     if f"optimizer.state.{name}" in has_state}
-        content = {"model": model_state, "optimizer": optimizer_state}
+        content = {"model": model_state, "optimizer": optimizer_state} if with_optimizer else {"model": model_state}
         with warnings.catch_warnings():  # one process loading a multi-process checkpoint is the intent
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.load(content, checkpoint_id=path / checkpoint.SHARDS)
     except (CheckpointException, OSError) as exc:  # DCP's is a BaseException of many lines, the cause last
         reason = str(exc).strip().splitlines()[-1]
         raise UserError(f"checkpoint {path} cannot be loaded into this run's model and optimizer ({reason})") from None
-    set_state_dict(model, optimizer, model_state_dict=content["model"], optim_state_dict=content["optimizer"],
-                   options=_options())
-    return torch.load(path / checkpoint.STATE, weights_only=False)
+    if with_optimizer:
+        set_state_dict(model, optimizer, model_state_dict=content["model"], optim_state_dict=content["optimizer"],
+                       options=_options())
+    else:
+        set_model_state_dict(model, content["model"], options=_options())
+    return state
 
 
 def buckets(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:

@@ -51,7 +51,7 @@ from tuna.train.device import (autocast, explain_out_of_memory, resolve_device, 
 from tuna.train.compile import compile_blocks
 from tuna.train.metrics import MetricsLog
 from tuna.train.neftune import add_neftune
-from tuna.train.optim import build_optimizer, check_available, clip_gradients
+from tuna.train.optim import build_optimizer, check_available, clip_gradients, optimizer_kind
 from tuna.train.trackers import Trackers, check_installed
 
 SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
@@ -203,9 +203,14 @@ def train_rank(recipe: Recipe, dist: distributed.Dist, *, resume: bool, progress
     ckpt_dir = run_dir / rundir.CHECKPOINTS
     if dist.world > 1:  # each rank its own dropout, noise and sampling streams; the data plan stays shared
         seed_everything(cfg.seed * 1_000_003 + dist.rank + 1)
+    kind = optimizer_kind(recipe.optim)
     if resume:
         latest = checkpoint.checkpoints(ckpt_dir)[-1]
-        state = dist.load_checkpoint(latest, model, optimizer, trained)  # with this rank's RNG states
+        state = dist.load_checkpoint(latest, model, optimizer, trained, kind)  # with this rank's RNG states
+        if distributed.optimizer_kind_of(state) != kind:
+            say(f"the checkpoint holds {distributed.optimizer_kind_of(state)} optimizer state and this run uses "
+                f"{kind} (optim.eight_bit changed): its moments start afresh; the weights, schedule and data "
+                f"position are restored")
         if state.get("global_batch", global_batch) != global_batch:
             say(f"the checkpoint's steps took {state['global_batch']} examples (micro_batch_size × grad_accum × "
                 f"processes) and this run's take {global_batch}: the data goes on in order, the steps are not "
@@ -241,7 +246,7 @@ def train_rank(recipe: Recipe, dist: distributed.Dist, *, resume: bool, progress
         say(f"{dist.world} processes ({dist.mode}): each trains {cfg.grad_accum} of a step's micro-batches")
 
     def save_checkpoint():
-        state = {"step": step, "tokens": tokens, "global_batch": global_batch,
+        state = {"step": step, "tokens": tokens, "global_batch": global_batch, "optimizer_kind": kind,
                  "scheduler": scheduler.state_dict(), "sampler": batches.state_dict(),
                  "rng": checkpoint.rng_states(), "scaler": scaler.state_dict() if scaler else None,
                  "method": method.extra_state(model) if method.extra_state else None}

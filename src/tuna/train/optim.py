@@ -35,6 +35,11 @@ def check_available(optim) -> None:
                         "`pip install bitsandbytes` or remove optim.eight_bit")
 
 
+def optimizer_kind(optim) -> str:
+    """What a checkpoint's optimizer state is: offloaded AdamW keeps AdamW's own state, 8-bit AdamW another."""
+    return "adamw8bit" if optim.eight_bit else "adamw"
+
+
 def optimizer_class(optim) -> type[torch.optim.Optimizer]:
     if optim.eight_bit:  # Dettmers et al. 2022: states quantised per block of 256 values, dynamic 8-bit code
         import bitsandbytes
