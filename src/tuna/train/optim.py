@@ -8,12 +8,11 @@ Parameters with equal multipliers share a group, so the scheduler scales every g
 """
 from __future__ import annotations
 
-import importlib.util
 from collections import defaultdict
 
 import torch
 
-from tuna.errors import UserError
+from tuna.errors import require_packages
 from tuna.methods.base import decoder_layers
 from tuna.train.offload import OffloadedAdamW
 
@@ -30,9 +29,8 @@ def layer_decay_scales(model, decay: float) -> dict[int, float]:
 
 def check_available(optim) -> None:
     """Refuse, before any slow work, an optimizer whose package is missing."""
-    if optim.eight_bit and importlib.util.find_spec("bitsandbytes") is None:
-        raise UserError("optim.eight_bit needs bitsandbytes, not installed here; install it with "
-                        "`pip install bitsandbytes` or remove optim.eight_bit")
+    if optim.eight_bit:
+        require_packages("optim.eight_bit needs", {"bitsandbytes": ("bitsandbytes", "bitsandbytes")}, "optim.eight_bit")
 
 
 def optimizer_kind(optim) -> str:

@@ -6,7 +6,6 @@ whose package is not installed is an error before any work starts.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from tuna import rundir
-from tuna.errors import UserError
+from tuna.errors import UserError, require_packages
 
 # name in train.report_to: (module imported, pip package that provides it)
 PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
@@ -22,11 +21,7 @@ TENSORBOARD_DIR = "tensorboard"  # inside the run directory
 
 
 def check_installed(names: list[str]) -> None:
-    missing = [name for name in names if importlib.util.find_spec(PACKAGES[name][0]) is None]
-    if missing:
-        raise UserError(f"train.report_to asks for {', '.join(missing)}, not installed here; install it with "
-                        f"`pip install {' '.join(PACKAGES[name][1] for name in missing)}` or remove it from "
-                        f"train.report_to")
+    require_packages("train.report_to asks for", {name: PACKAGES[name] for name in names}, "it from train.report_to")
 
 
 class Trackers:
