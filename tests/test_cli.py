@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tuna.cli import main
-from tuna.train.metrics import read_metrics
+from tuna.rundir import read_metrics
 
 
 def write_config(tmp_path, tiny_model_dir, data_path, **changes):

@@ -85,7 +85,7 @@ def test_every_example_config_validates():
     from tuna.config import load_recipe
     from tuna.methods import REGISTRY
 
-    from tuna.eval.compare import load_matrix
+    from tuna.compare import load_matrix
     from tuna.objectives import REGISTRY as OBJECTIVES
 
     examples = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.yaml"))

@@ -335,7 +335,7 @@ def cmd_chat(args) -> int:
 def cmd_eval(args) -> int:
     from tuna.data.read import read_records
     from tuna.data.render import render_records
-    from tuna.eval.perplexity import heldout_loss
+    from tuna.data.scoring import heldout_loss
 
     if (args.data is None) == (args.suite is None):
         raise UserError("tuna eval needs either --data FILE or --suite general")
@@ -413,7 +413,7 @@ def cmd_eval_needle(args) -> int:
     import time
 
     from tuna.eval.needle import check_lengths, format_grid, model_answerer, run_grid, write_results
-    from tuna.eval.task import context_window
+    from tuna.models.rope import context_window
 
     if args.needles < 1 or args.trials < 1:
         raise UserError("--needles and --trials must be at least 1")
@@ -482,7 +482,7 @@ def cmd_export(args) -> int:
 def cmd_compare(args) -> int:
     from pathlib import Path
 
-    from tuna.eval.compare import run_compare
+    from tuna.compare import run_compare
 
     results = run_compare(args.matrix, output_dir=args.out, progress=not args.no_progress)
     out = Path(results["output_dir"])

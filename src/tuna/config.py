@@ -11,22 +11,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from tuna.errors import UserError
+from tuna.models.rope import RopeScaling
+from tuna.sections import Section
 
 DEFAULT_MODEL = "smollm2-135m"
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class RopeScaling(Section):
-    type: Literal["linear", "dynamic", "yarn"] = Field(description="linear (position interpolation), dynamic NTK or YaRN")
-    factor: float = Field(gt=1.0, description="new context window over the model's original one")
-    original_max_position_embeddings: int | None = Field(None, ge=1, description="the window the model was trained "
-                                                         "on; unset reads the model config")
 
 
 class ModelConfig(Section):

@@ -18,7 +18,7 @@ from tuna.data.general_text import stdlib_docstrings
 from tuna.data.render import render_records
 from tuna.data.synthetic import date_task
 from tuna.eval.generate import exact_match, generate
-from tuna.eval.perplexity import heldout_loss
+from tuna.data.scoring import heldout_loss
 from tuna.models.load import load_any
 from tuna.train.loop import train
 

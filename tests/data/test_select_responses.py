@@ -6,7 +6,7 @@ from tuna.cli import main
 from tuna.data.render import render_records
 from tuna.errors import UserError
 from tuna.eval.generate import generate
-from tuna.eval.perplexity import heldout_loss
+from tuna.data.scoring import heldout_loss
 from tuna.models.load import load_base
 from tuna.data.select_responses import select_responses
 

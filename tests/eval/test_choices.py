@@ -4,7 +4,8 @@ import torch
 
 from tuna.data.render import chat_text
 from tuna.errors import UserError
-from tuna.eval.choices import choice_logprobs, multiple_choice_accuracy, ranking
+from tuna.eval.choices import choice_logprobs, ranking
+from tuna.eval.task import multiple_choice_accuracy
 from tuna.eval.generate import generate
 from tuna.eval.scorers import get_metrics
 from tuna.eval.task import evaluate_task, read_task

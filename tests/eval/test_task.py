@@ -7,7 +7,8 @@ import pytest
 
 from tuna.errors import UserError
 from tuna.eval.scorers import corpus_bleu, get_metrics
-from tuna.eval.task import check_supported, context_window, evaluate_task, read_task
+from tuna.eval.task import check_supported, evaluate_task, read_task
+from tuna.models.rope import context_window
 from tuna.models.load import load_any
 
 
@@ -73,7 +74,7 @@ def test_prompt_beyond_the_context_window_is_refused_before_generating(tiny_mode
 
 @pytest.mark.parametrize("kind", ["linear", "dynamic", "yarn"])
 def test_context_window_counts_rope_scaling(tiny_model_dir, kind):
-    from tuna.config import RopeScaling
+    from tuna.models.rope import RopeScaling
     from tuna.models.rope import apply_rope_scaling
 
     model, _ = load_any(str(tiny_model_dir))

@@ -10,7 +10,7 @@ from tuna.data.render import IGNORE, render_example
 from tuna.data.synthetic import date_task
 from tuna.models.load import load_tokenizer, resolve
 from tuna.train.loop import train
-from tuna.train.metrics import read_metrics
+from tuna.rundir import read_metrics
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ from tuna.methods.base import decoder_layers
 from tuna.models.load import load_base
 from tuna.models.reinit import reinit_top_layers
 from tuna.train.loop import train
-from tuna.train.metrics import read_metrics
+from tuna.rundir import read_metrics
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:

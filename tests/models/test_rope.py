@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from tuna import rundir
-from tuna.config import RopeScaling, validate_recipe
+from tuna.config import validate_recipe
+from tuna.models.rope import RopeScaling
 from tuna.errors import UserError
 from tuna.export import export_merged
 from tuna.models.load import load_any, load_model

@@ -5,7 +5,7 @@ import pytest
 
 from tuna.objectives import REGISTRY as OBJECTIVES
 from tuna.train.loop import train
-from tuna.train.metrics import read_metrics
+from tuna.rundir import read_metrics
 from tests.conftest import write_jsonl
 
 REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")

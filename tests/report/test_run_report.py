@@ -8,7 +8,7 @@ from html import escape
 from tuna.objectives import REGISTRY as OBJECTIVES
 from tuna.report.run_report import chart_groups, write_run_report
 from tuna.train.loop import train
-from tuna.train.metrics import read_metrics
+from tuna.rundir import read_metrics
 
 
 def charts(html: str) -> list[tuple[str, list[str]]]:

@@ -19,7 +19,7 @@ from tuna.methods import REGISTRY as METHODS
 from tuna.train import checkpoint
 from tuna.train.distributed import Dist
 from tuna.train.loop import train
-from tuna.train.metrics import read_metrics
+from tuna.rundir import read_metrics
 
 TOLERANCE = 1e-4  # fp32; the sums over ranks add the same terms in another order
 

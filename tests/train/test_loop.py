@@ -9,7 +9,7 @@ from tuna.errors import UserError
 from tuna.objectives import REGISTRY as OBJECTIVES
 from tuna.train import checkpoint
 from tuna.train.loop import train
-from tuna.train.metrics import read_metrics
+from tuna.rundir import read_metrics
 
 
 def losses(run_dir) -> dict[int, float]:

@@ -5,7 +5,7 @@ import torch
 
 from tuna.models.load import load_base
 from tuna.train.loop import train
-from tuna.train.metrics import read_metrics
+from tuna.rundir import read_metrics
 from tuna.train.neftune import add_neftune
 
 ALPHA = 5.0

@@ -5,7 +5,7 @@ import pytest
 
 from tuna.errors import UserError
 from tuna.train.loop import train
-from tuna.train.metrics import read_metrics
+from tuna.rundir import read_metrics
 
 
 def test_tensorboard_receives_every_logged_scalar_and_the_config(tiny_recipe):

@@ -18,12 +18,15 @@ from tuna.data.render import Rendered, render_records
 
 @dataclass
 class Calibration:
-    """`task(n)` / `general(n)`: n collated micro-batches on the model's device."""
+    """`task(n)` / `general(n)`: n collated micro-batches on the model's device; `max_tokens`: the longest
+    training example (`data.max_tokens`), the context length the run trains for."""
     task: Callable[[int], list[dict]]
     general: Callable[[int], list[dict]]
+    max_tokens: int = 1024
 
 
-def build_calibration(train: list[Rendered], tokenizer, batch_size: int, device, seed: int) -> Calibration:
+def build_calibration(train: list[Rendered], tokenizer, batch_size: int, device, seed: int,
+                      max_tokens: int) -> Calibration:
     def batches(items: list[Rendered], n: int) -> list[dict]:
         order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
         picked = [items[i] for i in order[: n * batch_size]]
@@ -35,4 +38,4 @@ def build_calibration(train: list[Rendered], tokenizer, batch_size: int, device,
         items, _ = render_records(records, "text", tokenizer, train_on="all", max_tokens=256, overflow="truncate")
         return batches(items, n)
 
-    return Calibration(task=lambda n: batches(train, n), general=general)
+    return Calibration(task=lambda n: batches(train, n), general=general, max_tokens=max_tokens)

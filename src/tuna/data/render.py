@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 
 from tuna.data.formats import Example, detect_format, to_example
 from tuna.errors import UserError
-
-IGNORE = -100
+from tuna.models.forward import IGNORE  # noqa: F401  (data's labels follow the models' convention)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 from tuna.data.formats import prompt_format, to_example, with_answer
 from tuna.data.render import Rendered, render_example
 from tuna.errors import UserError
-from tuna.eval.choices import labelled_logprobs
+from tuna.data.scoring import labelled_logprobs
 
 
 def split_record(record: dict, field: str, index: int) -> tuple[dict, str, list[str]]:

@@ -13,16 +13,10 @@ spaces that end a raw prompt move to the front of each choice (as lm-eval-harnes
 """
 from __future__ import annotations
 
-import torch
-from tqdm.auto import tqdm
-
-from tuna.data.batch import collate
 from tuna.data.render import IGNORE, Rendered, chat_text
+from tuna.data.scoring import labelled_logprobs
 from tuna.errors import UserError
-from tuna.eval.scorers import get_metrics
-from tuna.eval.task import TaskItem, check_supported, context_window, read_task
-from tuna.objectives.pairwise import answer_logps
-from tuna.objectives.sft import model_logits
+from tuna.models.rope import context_window
 
 
 def continuations(tokenizer, prompt: list[dict] | str, choices: list[str]) -> list[Rendered]:
@@ -68,28 +62,6 @@ def choice_logprobs(model, tokenizer, prompts: list[list[dict] | str], choices: 
     return results
 
 
-@torch.no_grad()
-def labelled_logprobs(model, items: list[Rendered], *, batch_size: int, pad_id: int, progress: bool = False,
-                      desc: str = "score") -> list[tuple[float, int]]:
-    """Each item's (summed log-prob of its labelled tokens, their number), in the order given. Batches go in
-    length order, so they pad little."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    results: list = [None] * len(items)
-    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
-    try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
-            chunk = order[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in collate([items[i] for i in chunk], pad_id).items()}
-            sums, counts = answer_logps(model_logits(model, batch), batch["labels"])
-            for i, total, count in zip(chunk, sums.tolist(), counts.tolist()):
-                results[i] = (total, count)
-    finally:
-        model.train(was_training)
-    return results
-
-
 def ranking(choices: list[str], scores: list[tuple[float, int]], gold: int | None) -> dict:
     """The picks by summed log-prob (`predicted`) and by log-prob per character (`predicted_norm`); ties go
     to the earlier choice."""
@@ -103,21 +75,8 @@ def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)
 
 
-def rank_choices(model, tokenizer, items: list[TaskItem], *, batch_size: int = 8, progress: bool = False) -> list[dict]:
-    """One `ranking` per item; every item carries `choices` (see `check_supported`)."""
+def rank_choices(model, tokenizer, items: list, *, batch_size: int = 8, progress: bool = False) -> list[dict]:
+    """One `ranking` per task item (`eval.task.TaskItem`); every item carries `choices` (see `check_supported`)."""
     scores = choice_logprobs(model, tokenizer, [item.prompt for item in items],
                              [item.reference["choices"] for item in items], batch_size=batch_size, progress=progress)
     return [ranking(item.reference["choices"], s, item.reference.get("answer")) for item, s in zip(items, scores)]
-
-
-def multiple_choice_accuracy(model, tokenizer, records: list[dict], *, batch_size: int = 8,
-                             progress: bool = False) -> dict:
-    """acc and acc_norm over records with `choices` and `answer` (any prompt format `tuna eval` reads),
-    and one row per record: its id, the picks, the gold index, each choice's log-prob and token count."""
-    items = read_task(records)
-    check_supported(items, get_metrics(["mc_accuracy"]))
-    rankings = rank_choices(model, tokenizer, items, batch_size=batch_size, progress=progress)
-    rows = [{"id": item.id, **r} for item, r in zip(items, rankings)]
-    return {"acc": sum(r["predicted"] == r["gold"] for r in rows) / len(rows),
-            "acc_norm": sum(r["predicted_norm"] == r["gold"] for r in rows) / len(rows),
-            "count": len(rows), "rows": rows}

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from tuna.data.general_text import stdlib_docstrings
 from tuna.data.render import render_records
-from tuna.eval.choices import multiple_choice_accuracy
+from tuna.eval.task import multiple_choice_accuracy
 from tuna.eval.general_questions import general_question_records
-from tuna.eval.perplexity import heldout_loss
-
-SUITES = ("general",)
+from tuna.data.scoring import heldout_loss
 
 
 def general_suite(model, tokenizer, *, batch_size: int = 8, max_tokens: int = 256) -> dict[str, float]:

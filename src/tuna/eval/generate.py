@@ -1,4 +1,4 @@
-"""Batched generation with the KV cache: chat prompts go through the chat template, strings go in raw.
+"""Text in, text out (`models.generate` underneath): chat prompts go through the chat template, strings go in raw.
 
 Greedy by default; `sample` draws with `temperature` and `top_p`, seeded by `seed`. `stop` strings end
 an answer: a sequence stops generating once it has written one (transformers' `stop_strings`), and
@@ -10,35 +10,25 @@ import torch
 from tqdm.auto import tqdm
 
 from tuna.data.render import chat_text
+from tuna.models.generate import generate_ids
 
 
-@torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict] | str], *, max_new_tokens: int = 64, batch_size: int = 16,
              sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, stop: list[str] | None = None,
              seed: int | None = None, progress: bool = False) -> list[str]:
-    device = next(model.parameters()).device
-    was_training, side = model.training, tokenizer.padding_side
-    model.eval()
-    tokenizer.padding_side = "left"
-    options = dict(do_sample=True, temperature=temperature, top_p=top_p) if sample else dict(do_sample=False)
-    if stop:
-        options.update(stop_strings=list(stop), tokenizer=tokenizer)
+    options = dict(stop_strings=list(stop), tokenizer=tokenizer) if stop else {}
     if seed is not None:
         torch.manual_seed(seed)
     outputs: list[str] = []
-    try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
-            chunk = prompts[start : start + batch_size]
-            is_chat = isinstance(chunk[0], list)
-            texts = [chat_text(tokenizer, p, generation_prompt=True) for p in chunk] if is_chat else chunk
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not is_chat).to(device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id, **options)
-            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            outputs += [cut_at_stop(text, stop or []) for text in texts]
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
+    for start in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
+        chunk = prompts[start : start + batch_size]
+        is_chat = isinstance(chunk[0], list)
+        texts = [chat_text(tokenizer, p, generation_prompt=True) for p in chunk] if is_chat else chunk
+        ids = [tokenizer(text, add_special_tokens=not is_chat).input_ids for text in texts]
+        completions = generate_ids(model, ids, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
+                                   max_new_tokens=max_new_tokens, sample=sample, temperature=temperature,
+                                   top_p=top_p, **options)
+        outputs += [cut_at_stop(text, stop or []) for text in tokenizer.batch_decode(completions, skip_special_tokens=True)]
     return outputs
 
 

@@ -11,6 +11,7 @@ whose per-example mean is not the standard figure (BLEU) also names a corpus-lev
 """
 from __future__ import annotations
 
+import json
 import re
 import string
 from collections import Counter
@@ -101,11 +102,19 @@ def corpus_bleu(predictions: list[str], references: list[dict]) -> float:
     return min(1.0, sacrebleu.corpus_bleu(predictions, streams).score / 100)
 
 
-def json_valid(prediction: str, reference: dict) -> float:
-    """1 if the answer parses as JSON, a ```json fence around the whole answer dropped first: GRPO's `json` reward."""
-    from tuna.objectives.rewards import json_valid as parses
+def without_fences(text: str) -> str:
+    """The text inside a ```json fence that wraps the whole answer; the text itself when there is none."""
+    match = re.fullmatch(r"\s*```(?:json)?\s*(.*?)\s*```\s*", text, flags=re.DOTALL)
+    return match.group(1) if match else text
 
-    return parses(prediction, reference, None)
+
+def json_valid(prediction: str, reference: dict | None = None) -> float:
+    """1 if the answer parses as JSON, a ```json fence around the whole answer dropped first (GRPO's `json` reward too)."""
+    try:
+        json.loads(without_fences(prediction))
+    except ValueError:
+        return 0.0
+    return 1.0
 
 
 def classification_score(prediction: str, gold: str, all_classes: list[str]) -> float:

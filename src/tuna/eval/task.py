@@ -18,7 +18,10 @@ from pathlib import Path
 from tuna.data.formats import ANSWER_KEY, prompt_format, to_example, with_answer
 from tuna.data.render import chat_text
 from tuna.errors import UserError
-from tuna.eval.scorers import Metric
+from tuna.eval.choices import rank_choices
+from tuna.eval.generate import generate
+from tuna.eval.scorers import Metric, get_metrics
+from tuna.models.rope import context_window
 
 LONGBENCH_KEYS = ("input", "context")
 
@@ -108,21 +111,6 @@ def check_supported(items: list[TaskItem], metrics: list[Metric]) -> None:
                 raise UserError(f"metric {metric.name} needs {what} in every record; record {missing + 1} has none")
 
 
-def context_window(model) -> int:
-    """The positions a model is meant for. `max_position_embeddings` already counts linear and YaRN scaling
-    as `model.rope_scaling` writes it; dynamic NTK keeps the original there and stretches it by its factor;
-    hub YaRN configs that name their original window are stretched from that."""
-    config = model.config
-    window = config.max_position_embeddings
-    rope = getattr(config, "rope_parameters", None) or {}
-    factor = rope.get("factor")
-    if factor and rope.get("rope_type") == "dynamic":
-        return round(window * factor)
-    if factor and rope.get("original_max_position_embeddings"):
-        return max(window, round(rope["original_max_position_embeddings"] * factor))
-    return window
-
-
 def prompt_lengths(tokenizer, items: list[TaskItem]) -> list[int]:
     texts = [chat_text(tokenizer, item.prompt, generation_prompt=True) if isinstance(item.prompt, list) else item.prompt
              for item in items]
@@ -139,8 +127,6 @@ def evaluate_task(model, tokenizer, items: list[TaskItem], metrics: list[Metric]
         check_window(model, lengths, max_new_tokens)
     outputs = {}
     if any(m.kind == "choice" for m in metrics):
-        from tuna.eval.choices import rank_choices
-
         outputs["choice"] = rank_choices(model, tokenizer, items, batch_size=batch_size, progress=progress)
     if generating:
         outputs["generate"] = generate_answers(model, tokenizer, items, lengths, max_new_tokens=max_new_tokens,
@@ -173,8 +159,6 @@ def check_window(model, lengths: list[int], max_new_tokens: int) -> None:
 def generate_answers(model, tokenizer, items: list[TaskItem], lengths: list[int], *, max_new_tokens: int,
                      batch_size: int, progress: bool, **options) -> list[str]:
     """Each record's generated answer, stripped. Prompts are generated in length order so batches pad little."""
-    from tuna.eval.generate import generate
-
     order = sorted(range(len(items)), key=lengths.__getitem__)
     outputs = generate(model, tokenizer, [items[i].prompt for i in order], max_new_tokens=max_new_tokens,
                        batch_size=batch_size, progress=progress, **options)
@@ -190,3 +174,16 @@ def write_task_results(out_dir: str | Path, summary: dict, rows: list[dict]) -> 
     (out / "scores.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
+
+
+def multiple_choice_accuracy(model, tokenizer, records: list[dict], *, batch_size: int = 8,
+                             progress: bool = False) -> dict:
+    """acc and acc_norm over records with `choices` and `answer` (any prompt format `tuna eval` reads),
+    and one row per record: its id, the picks, the gold index, each choice's log-prob and token count."""
+    items = read_task(records)
+    check_supported(items, get_metrics(["mc_accuracy"]))
+    rankings = rank_choices(model, tokenizer, items, batch_size=batch_size, progress=progress)
+    rows = [{"id": item.id, **r} for item, r in zip(items, rankings)]
+    return {"acc": sum(r["predicted"] == r["gold"] for r in rows) / len(rows),
+            "acc_norm": sum(r["predicted_norm"] == r["gold"] for r in rows) / len(rows),
+            "count": len(rows), "rows": rows}

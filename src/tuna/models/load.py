@@ -13,11 +13,10 @@ from pathlib import Path
 import torch
 
 from tuna import rundir
-from tuna.config import RopeScaling
 from tuna.errors import UserError
 from tuna.models import sparse_delta
 from tuna.models.gguf_cache import cached_checkpoint, embedded_gguf
-from tuna.models.rope import apply_rope_scaling
+from tuna.models.rope import RopeScaling, apply_rope_scaling
 
 ALIASES = {"smollm2-135m": "smollm2-135m-instruct"}
 

@@ -10,7 +10,19 @@ rescaling, so there it stays the original window (the model then takes any lengt
 """
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from tuna.errors import UserError
+from tuna.sections import Section
+
+
+class RopeScaling(Section):
+    type: Literal["linear", "dynamic", "yarn"] = Field(description="linear (position interpolation), dynamic NTK or YaRN")
+    factor: float = Field(gt=1.0, description="new context window over the model's original one")
+    original_max_position_embeddings: int | None = Field(None, ge=1, description="the window the model was trained "
+                                                         "on; unset reads the model config")
 
 
 def apply_rope_scaling(model, spec) -> None:
@@ -56,3 +68,18 @@ def _scale_config(config, spec) -> bool:
     config.rope_parameters = scaled
     config.max_position_embeddings = original if spec.type == "dynamic" else round(spec.factor * original)
     return True
+
+
+def context_window(model) -> int:
+    """The positions a model is meant for. `max_position_embeddings` already counts linear and YaRN scaling
+    as `model.rope_scaling` writes it; dynamic NTK keeps the original there and stretches it by its factor;
+    hub YaRN configs that name their original window are stretched from that."""
+    config = model.config
+    window = config.max_position_embeddings
+    rope = getattr(config, "rope_parameters", None) or {}
+    factor = rope.get("factor")
+    if factor and rope.get("rope_type") == "dynamic":
+        return round(window * factor)
+    if factor and rope.get("original_max_position_embeddings"):
+        return max(window, round(rope["original_max_position_embeddings"] * factor))
+    return window

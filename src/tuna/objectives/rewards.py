@@ -24,15 +24,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from tuna.errors import UserError
+from tuna.eval.scorers import json_valid as parses_as_json, without_fences
 
 
 def _normalise(text: str) -> str:
     return " ".join(str(text).split()).strip().rstrip(".")
-
-
-def _without_fences(text: str) -> str:
-    match = re.fullmatch(r"\s*```(?:json)?\s*(.*?)\s*```\s*", text, flags=re.DOTALL)
-    return match.group(1) if match else text
 
 
 def exact_match(completion: str, example: dict, knobs) -> float:
@@ -53,18 +49,14 @@ def regex(completion: str, example: dict, knobs) -> float:
 
 
 def json_valid(completion: str, example: dict, knobs) -> float:
-    try:
-        json.loads(_without_fences(completion))
-    except ValueError:
-        return 0.0
-    return 1.0
+    return parses_as_json(completion)
 
 
 def json_schema(completion: str, example: dict, knobs) -> float:
     import jsonschema
 
     try:
-        jsonschema.validate(json.loads(_without_fences(completion)), example["schema"])
+        jsonschema.validate(json.loads(without_fences(completion)), example["schema"])
     except (ValueError, jsonschema.ValidationError):
         return 0.0
     return 1.0

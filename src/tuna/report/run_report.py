@@ -18,7 +18,6 @@ from tuna import rundir
 from tuna.atomic import atomic_write_text
 from tuna.report.html import figure, figures, note, page, pre, section, table
 from tuna.report.plots import line_chart
-from tuna.train.metrics import read_metrics
 
 REPORT = "report.html"
 NOT_SERIES = ("step", "epoch")
@@ -35,7 +34,7 @@ def write_run_report(run_dir: Path, *, device: str | None = None) -> Path:
     run_dir = Path(run_dir)
     config_text = _read(run_dir / rundir.CONFIG) or ""
     config = yaml.safe_load(config_text) or {}
-    records = read_metrics(run_dir / rundir.METRICS) if (run_dir / rundir.METRICS).exists() else []
+    records = rundir.read_metrics(run_dir / rundir.METRICS) if (run_dir / rundir.METRICS).exists() else []
     summary_text = _read(run_dir / rundir.SUMMARY)
     summary = json.loads(summary_text) if summary_text else None
     series = numeric_series(records)

@@ -19,7 +19,3 @@ class MetricsLog:
 
     def close(self) -> None:
         self._fh.close()
-
-
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -248,7 +248,7 @@ def run_compare(matrix_path: str | Path, *, output_dir: str | None = None, progr
 
 def finished_variant(run_dir: Path, matrix: Matrix, task_path: Path, *, progress: bool) -> dict:
     """What a finished run measured while training, and its scores."""
-    from tuna.train.metrics import read_metrics
+    from tuna.rundir import read_metrics
 
     summary = json.loads((run_dir / rundir.SUMMARY).read_text())
     curve = [(r["step"], r["train/loss"]) for r in read_metrics(run_dir / rundir.METRICS)]
