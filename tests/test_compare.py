@@ -5,7 +5,7 @@ import yaml
 
 from tuna.cli import main
 from tuna.errors import UserError
-from tuna.eval import compare
+from tuna import compare
 from tuna.compare import run_compare, variant_recipe
 from tuna.report.compare_report import pareto_front
 

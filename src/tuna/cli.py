@@ -62,7 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      parents=[common])
     parser.set_defaults(debug=False)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add_command in (add_train_command, add_generate_command, add_chat_command, add_eval_command,
+                        add_eval_needle_command, add_data_command, add_export_command, add_compare_command,
+                        add_demo_command, add_methods_command):
+        add_command(sub, common)
+    return parser
 
+
+def add_train_command(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("train", parents=[common], help="fine-tune a model from a YAML config",
                        description="Fine-tune a model. Writes a run directory: config.yaml, metrics.jsonl, "
                                    "checkpoints/, final/ (model or adapter) and summary.json.", epilog=EPILOG)
@@ -77,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "docs/distributed.md, also for several machines")
     p.set_defaults(run=cmd_train)
 
+
+def add_generate_command(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("generate", parents=[common], help="generate a reply to one prompt",
                        description="Generate from a model alias, checkpoint directory, .gguf file or run directory.")
     add_model_arg(p)
@@ -86,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p)
     p.set_defaults(run=cmd_generate)
 
+
+def add_chat_command(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("chat", parents=[common], help="chat interactively with a model",
                        description="Interactive chat; an empty line or Ctrl-D quits, /reset clears the history.")
     add_model_arg(p)
@@ -93,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p)
     p.set_defaults(run=cmd_chat)
 
+
+def add_eval_command(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("eval", parents=[common], help="loss/perplexity or generation metrics on a data file; "
                                                       "`tuna eval needle` for needle in a haystack",
                        description="Without --metric: loss and perplexity on a data file, with the same formats and "
@@ -126,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(default runs/eval-<time>)")
     p.set_defaults(run=cmd_eval)
 
+
+def add_eval_needle_command(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("eval-needle", parents=[common], prog="tuna eval needle",
                        description="Needle in a haystack: hide facts (a number per needle) at a depth of a long "
                                    "context of Python docstrings and ask for them. Writes DIR/needle.json and a "
@@ -141,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output directory (default runs/needle-<time>)")
     p.set_defaults(run=cmd_eval_needle)
 
+
+def add_data_command(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("data", parents=[common], help="generate or curate training data")
     data = p.add_subparsers(title="commands", metavar="COMMAND")
     p = data.add_parser("select-responses", parents=[common], help="keep the candidate response the model finds most "
@@ -174,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_synth_retrieval)
 
+
+def add_export_command(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("export", parents=[common], help="export a run as a merged transformers checkpoint",
                        description="Merge a run's adapter or sparse delta into its base model and write a plain "
                                    "transformers checkpoint. With --apply-delta, add sparse deltas (from sparse or "
@@ -184,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sparse delta files or sparse/s2ft run directories to add")
     p.set_defaults(run=cmd_export)
 
+
+def add_compare_command(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("compare", parents=[common], help="train variants of a recipe at equal budget; compare "
                        "learning, forgetting, memory and speed",
                        description="Train every variant of MATRIX.yaml (a base recipe plus per-variant overrides) "
@@ -195,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs are written anyway)")
     p.set_defaults(run=cmd_compare)
 
+
+def add_demo_command(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("demo", parents=[common], help="fine-tune the embedded model on a generated task, before/after",
                        description="LoRA-tune the embedded SmolLM2-135M-Instruct on the CPU to rewrite dates as ISO "
                                    "8601; print exact match and general-text perplexity before and after.")
@@ -203,9 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_demo)
 
+
+def add_methods_command(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("methods", parents=[common], help="list the fine-tuning methods and their knobs")
     p.set_defaults(run=cmd_methods)
-    return parser
 
 
 def comma_list(text: str) -> list[str]:
@@ -499,16 +523,24 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def knob_names(sections: dict) -> str:
+    """`section.key` for every knob of the given sections, the method's own (last-declared) section first."""
+    ordered = list(sections.items())[::-1]
+    return ", ".join(f"{key}.{field}" for key, model in ordered for field in model.model_fields)
+
+
 def cmd_methods(args) -> int:
     from tuna.methods import ANY_METHOD_KNOBS, REGISTRY
 
     for m in REGISTRY.values():
-        print(f"{m.name:11} {m.summary}\n{'':11} knobs: {m.knobs}; default lr {m.default_lr:g}; paper: {m.paper}")
+        print(f"{m.name:11} {m.summary}\n{'':11} knobs: {knob_names(m.sections) or '-'}; default lr "
+              f"{m.default_lr:g}; paper: {m.paper}")
     from tuna.objectives import REGISTRY as OBJECTIVES
 
     print("\nobjectives (objective: NAME):")
     for o in OBJECTIVES.values():
-        print(f"  {o.name:13} {o.summary}; paper: {o.paper}")
+        knobs = f"; knobs: {knob_names({o.name: o.knobs})}" if o.knobs else ""
+        print(f"  {o.name:13} {o.summary}{knobs}; paper: {o.paper}")
     print("\nwith any method:")
     for key, summary, paper in ANY_METHOD_KNOBS:
         print(f"  {key:25} {summary}; paper: {paper}")

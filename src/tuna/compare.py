@@ -31,9 +31,10 @@ from pydantic import Field, field_validator
 
 from tuna import rundir
 from tuna.atomic import atomic_write_text
-from tuna.config import (METHOD_SECTIONS, OBJECTIVE_SECTIONS, SECTIONS_OF_METHOD, Section,
-                         describe_validation_error, load_recipe, validate_recipe)
+from tuna.config import (describe_validation_error, load_recipe, registered_sections, sections_read_by,
+                         validate_recipe)
 from tuna.errors import UserError
+from tuna.sections import Section
 from tuna.train import checkpoint
 
 BUDGET_KEYS = {"train": ("max_steps", "epochs", "micro_batch_size", "grad_accum", "seed"),
@@ -115,9 +116,7 @@ def variant_recipe(base: dict, variant: dict | str, run_dir: Path) -> tuple[str,
             raise UserError(f"variant {name}: {section}.{fixed[0]} is part of the shared budget; set it in the base")
     merged = merge(base, overrides)
     method, objective = merged.get("method", "lora"), merged.get("objective", "sft")
-    unused = [s for s in METHOD_SECTIONS if s not in SECTIONS_OF_METHOD.get(method, ())]
-    unused += [s for s in OBJECTIVE_SECTIONS if s != objective]
-    for section in unused:
+    for section in set(registered_sections()) - sections_read_by(method, objective):
         if section not in overrides:
             merged.pop(section, None)
     return name, {**merged, "output_dir": str(run_dir)}

@@ -1,20 +1,25 @@
 """The run recipe: one pydantic schema for every key a YAML config may hold.
 
-Keys are nouns grouped by concern (`model.*`, `data.*`, `method` + `<method>.*`, `train.*`, `eval.*`).
-An unknown key is an error naming the closest valid key; knobs of a method other than the selected
-one are an error too, so a typo never silently does nothing.
+Keys are nouns grouped by concern (`model.*`, `data.*`, `method` + `<method>.*`, `objective` +
+`<objective>.*`, `train.*`, `eval.*`). The method and objective sections are not listed here: each
+component declares its own knob model, and `recipe_model` builds the schema from the registries.
+An unknown key is an error naming the closest valid key; knobs of a method or objective other than
+the selected one are an error too, so a typo never silently does nothing.
 """
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from tuna.errors import UserError
+from tuna.methods import REGISTRY as METHODS
 from tuna.models.rope import RopeScaling
+from tuna.objectives import REGISTRY as OBJECTIVES
 from tuna.sections import Section
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -54,104 +59,6 @@ class DataConfig(Section):
                 raise ValueError(f"data.packing: true contradicts data.batching: {self.batching}; set only one")
             self.batching = "packed"  # validates again, now consistent
         return self
-
-
-class FreezeConfig(Section):
-    trainable_layers: int = Field(2, ge=1, description="how many of the top decoder layers train")
-
-
-class LoraConfig(Section):
-    r: int = Field(16, ge=1, le=4096)
-    alpha: float = Field(32.0, gt=0)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    init: Literal["default", "gaussian", "pissa", "eva", "corda_kpm", "corda_ipm"] = Field(
-        "default", description="adapter initialisation (PEFT): default is A random, B zero")
-    plus_ratio: float | None = Field(None, ge=1.0, description="LoRA+: learning rate of B over that of A (paper: 16)")
-    calibration_batches: int = Field(8, ge=1, description="micro-batches EVA and CorDA read to initialise")
-
-
-class SparseConfig(Section):
-    density: float = Field(0.01, gt=0.0, le=1.0, description="fraction of the decoder layers' weight entries that train")
-    calibration_batches: int = Field(8, ge=1, description="micro-batches whose gradient chooses the entries")
-
-
-class S2ftConfig(Section):
-    heads_per_layer: int = Field(2, ge=0, description="attention heads per block whose output-projection columns train")
-    ffn_channels: int = Field(64, ge=0, description="FFN channels per block whose down-projection columns train")
-    seed: int = Field(0, description="seeds the choice of heads and channels")
-
-    @model_validator(mode="after")
-    def _something_trains(self) -> "S2ftConfig":
-        if self.heads_per_layer == 0 and self.ffn_channels == 0:
-            raise ValueError("s2ft.heads_per_layer and s2ft.ffn_channels are both 0: nothing would train")
-        return self
-
-
-class LongLoraConfig(Section):
-    group_size_ratio: float = Field(0.25, gt=0.0, le=1.0, description="S2-Attn group length over the sequence length")
-
-
-class ChainLoraConfig(Section):
-    rounds: int = Field(3, ge=1, description="LoRA rounds; after each, the adapter merges into the base and restarts")
-
-
-class HftConfig(Section):
-    rounds: int = Field(4, ge=1, description="how often the trained half is re-drawn over the run")
-    seed: int = Field(0, description="seeds the half chosen in each round")
-
-
-class AnchoredSftConfig(Section):
-    kl_beta: float = Field(0.05, ge=0.0, description="weight of KL(policy || starting model) added to the DFT loss")
-
-
-class DpoConfig(Section):
-    beta: float = Field(0.1, gt=0.0, description="strength of the pull towards the starting model (DPO's beta, IPO's tau)")
-    loss: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="sigmoid (DPO), ipo (squared distance to "
-                                                     "1/(2 beta)) or hinge (SLiC: max(0, 1 - beta h))")
-
-
-class SimpoConfig(Section):
-    beta: float = Field(2.0, gt=0.0, description="scale of the length-normalised reward")
-    gamma: float = Field(1.0, ge=0.0, description="target reward margin (gamma/beta = 0.5 by default)")
-
-
-class OrpoConfig(Section):
-    beta: float = Field(0.1, ge=0.0, description="weight of the odds-ratio term added to the chosen NLL (lambda in the paper)")
-
-
-class RewardKnobs(Section):
-    """What the reward functions read (`objectives.rewards`): GRPO's rewards and S3FT's judge."""
-
-    answer_pattern: str | None = Field(None, description="exact_match compares this regex's first group (unset: "
-                                       "the whole completion)")
-    reward_pattern: str = Field(r"^\s*-?\d+\s*$", description="the `regex` reward: 1 where this matches")
-    length_target: int = Field(200, ge=1, description="length_penalty: characters allowed before the penalty")
-    max_reward_errors: int = Field(10, ge=0, description="reward failures (raise / non-number) tolerated before stopping")
-
-
-class GrpoConfig(RewardKnobs):
-    group_size: int = Field(4, ge=2, description="completions sampled per prompt; advantages are normalised within them")
-    max_new_tokens: int = Field(32, ge=1, description="longest sampled completion")
-    temperature: float = Field(1.0, gt=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    kl_beta: float = Field(0.04, ge=0.0, description="weight of the per-token KL to the starting model (paper: 0.04)")
-    clip: float = Field(0.2, gt=0.0, description="ratio clip epsilon")
-    rewards: list[str] = Field(["exact_match"], min_length=1, description="built-in reward names or module:function")
-    reward_weights: list[float] | None = Field(None, description="one weight per reward; unset: all 1")
-
-    @model_validator(mode="after")
-    def _one_weight_per_reward(self) -> "GrpoConfig":
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
-            raise ValueError(f"grpo.reward_weights has {len(self.reward_weights)} values for {len(self.rewards)} rewards")
-        return self
-
-
-class SelfSftConfig(RewardKnobs):
-    judge: list[str] = Field(["exact_match"], min_length=1, description="reward functions (built-in names or "
-                             "module:function) that judge the model's own response; their sum is its score")
-    accept_at: float = Field(1.0, description="a response whose score reaches this replaces the gold response")
-    max_new_tokens: int = Field(256, ge=1, description="longest generated response")
 
 
 class OptimConfig(Section):
@@ -202,34 +109,17 @@ class EvalConfig(Section):
     batch_size: int = Field(8, ge=1)
 
 
-# The knob sections each method reads; a section set for any other method is an error.
-SECTIONS_OF_METHOD = {"full": (), "freeze": ("freeze",), "lora": ("lora",), "dora": ("lora",), "rslora": ("lora",),
-                      "hft": ("hft",), "sparse": ("sparse",), "s2ft": ("s2ft",), "chain_lora": ("lora", "chain_lora"),
-                      "longlora": ("lora", "longlora")}
-METHOD_SECTIONS = ("freeze", "lora", "hft", "sparse", "s2ft", "chain_lora", "longlora")
-OBJECTIVE_SECTIONS = ("anchored_sft", "dpo", "simpo", "orpo", "grpo", "self_sft")  # an objective's knob section shares its name
-PAIR_OBJECTIVES = ("dpo", "simpo", "orpo")  # trained on preference pairs
-MethodName = Literal["full", "freeze", "lora", "dora", "rslora", "hft", "sparse", "s2ft", "chain_lora", "longlora"]
+FIXED_SECTIONS = ("model", "data", "init", "optim", "train", "eval")
 
 
 class Recipe(Section):
+    """The sections every run has. The selected method's and objective's own sections are added by
+    `recipe_model` from the registries: one field per section key, named as in the YAML."""
+
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
-    method: MethodName = "lora"
-    freeze: FreezeConfig = FreezeConfig()
-    lora: LoraConfig = LoraConfig()
-    hft: HftConfig = HftConfig()
-    sparse: SparseConfig = SparseConfig()
-    s2ft: S2ftConfig = S2ftConfig()
-    chain_lora: ChainLoraConfig = ChainLoraConfig()
-    longlora: LongLoraConfig = LongLoraConfig()
-    objective: Literal["sft", "dft", "anchored_sft", "dpo", "simpo", "orpo", "grpo", "self_sft"] = "sft"
-    anchored_sft: AnchoredSftConfig = AnchoredSftConfig()
-    dpo: DpoConfig = DpoConfig()
-    simpo: SimpoConfig = SimpoConfig()
-    orpo: OrpoConfig = OrpoConfig()
-    grpo: GrpoConfig = GrpoConfig()
-    self_sft: SelfSftConfig = SelfSftConfig()
+    method: str = "lora"
+    objective: str = "sft"
     init: InitConfig = InitConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
@@ -245,26 +135,22 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "Recipe":
-        own = SECTIONS_OF_METHOD[self.method]
-        stray = [s for s in METHOD_SECTIONS if s in self.model_fields_set and s not in own]
-        if stray:
-            users = [m for m, sections in SECTIONS_OF_METHOD.items() if stray[0] in sections]
-            raise ValueError(f"`{stray[0]}.*` knobs are set but method is `{self.method}`; remove them or set "
-                             f"method: {' or '.join(users)}")
-        stray = [s for s in OBJECTIVE_SECTIONS if s in self.model_fields_set and s != self.objective]
-        if stray:
-            raise ValueError(f"`{stray[0]}.*` knobs are set but objective is `{self.objective}`; remove them or set "
-                             f"objective: {stray[0]}")
-        if self.objective in PAIR_OBJECTIVES:
-            self._check_pair_training()
-        elif self.data.format == "preference":
-            raise ValueError(f"data.format: preference holds pairs for objective {' or '.join(PAIR_OBJECTIVES)}, "
-                             f"not {self.objective}")
-        if self.objective == "grpo" and (self.data.batching == "packed" or self.data.mask_thought_ratio > 0):
-            raise ValueError("objective grpo trains on its own sampled completions; data.batching: packed and "
-                             "data.mask_thought_ratio do not apply")
-        if self.train.loss_chunk_tokens is not None and self.objective not in ("sft", "self_sft"):
-            raise ValueError(f"train.loss_chunk_tokens applies to objectives sft and self_sft, not {self.objective}")
+        method, objective = METHODS[self.method], OBJECTIVES[self.objective]
+        for key in sorted(self.model_fields_set & set(registered_sections()) - sections_read_by(self.method, self.objective)):
+            readers = [name for name, m in METHODS.items() if key in m.sections]
+            if readers:
+                raise ValueError(f"`{key}.*` knobs are set but method is `{self.method}`; remove them or set "
+                                 f"method: {' or '.join(readers)}")
+            raise ValueError(f"`{key}.*` knobs are set but objective is `{self.objective}`; remove them or set "
+                             f"objective: {key}")
+        refusal = objective.kind.refuse(self.data, self.train)
+        if refusal:
+            raise ValueError(refusal.format(objective=self.objective))
+        if self.data.batching == "packed" and not method.packs:
+            raise ValueError(f"method {self.method} cannot keep packed examples apart; use data.batching: padded or sorted")
+        if self.train.loss_chunk_tokens is not None and not objective.chunked_loss:
+            chunked = [name for name, o in OBJECTIVES.items() if o.chunked_loss]
+            raise ValueError(f"train.loss_chunk_tokens applies to objectives {' and '.join(chunked)}, not {self.objective}")
         for knob in ("offload", "eight_bit"):
             if getattr(self.optim, knob) and self.train.distributed == "fsdp":
                 raise ValueError(f"optim.{knob} works with one process or train.distributed: ddp, not fsdp")
@@ -276,26 +162,49 @@ class Recipe(Section):
             raise ValueError("data.train_on: completion needs prompts and completions; plain `text` data trains on all tokens")
         return self
 
-    def _check_pair_training(self) -> None:
-        """Refuse the knobs that make no sense for whole preference pairs, rather than ignore them."""
-        unsupported = {"data.batching: packed": self.data.batching == "packed",
-                       "data.train_on: all": self.data.train_on == "all",
-                       "data.mask_thought_ratio": self.data.mask_thought_ratio > 0,
-                       "data.pause_tokens": self.data.pause_tokens is not None,
-                       "train.loss_weighting: sequence": self.train.loss_weighting == "sequence"}
-        named = [knob for knob, is_set in unsupported.items() if is_set]
-        if named:
-            raise ValueError(f"{named[0]} does not apply to objective {self.objective}, which weighs whole preference "
-                             "pairs (answer tokens only, padded batches); remove it")
-        if self.data.format not in ("auto", "preference"):
-            raise ValueError(f"objective {self.objective} trains on preference pairs; data.format must be auto or "
-                             f"preference, not {self.data.format}")
-
     def to_yaml(self) -> str:
-        """The resolved config, with only the selected method's section."""
-        skip = {s for s in METHOD_SECTIONS if s not in SECTIONS_OF_METHOD[self.method]}
-        skip |= {s for s in OBJECTIVE_SECTIONS if s != self.objective}
-        return yaml.safe_dump(self.model_dump(exclude=skip, mode="json"), sort_keys=False)
+        """The resolved config, with only the selected method's and objective's sections."""
+        data = self.model_dump(mode="json")
+        method_sections = list(METHODS[self.method].sections)
+        objective_sections = sorted(sections_read_by(self.method, self.objective) - set(method_sections))
+        order = ["model", "data", "method", *method_sections, "objective", *objective_sections,
+                 "init", "optim", "train", "eval", "output_dir"]
+        return yaml.safe_dump({key: data[key] for key in order}, sort_keys=False)
+
+
+def sections_read_by(method: str, objective: str) -> set[str]:
+    """The method and objective sections that this method and this objective read (unknown names read none)."""
+    sections = set(METHODS[method].sections) if method in METHODS else set()
+    if objective in OBJECTIVES and OBJECTIVES[objective].knobs:
+        sections.add(objective)
+    return sections
+
+
+def registered_sections() -> dict[str, type[Section]]:
+    """Every section a registered method or objective reads, by config key. Two components that read one key
+    must read it with the same knob model (lora, dora, chain_lora, ... share `lora`)."""
+    sections: dict[str, type[Section]] = {}
+    owners = [(m.name, m.sections) for m in METHODS.values()]
+    owners += [(o.name, {o.name: o.knobs}) for o in OBJECTIVES.values() if o.knobs]
+    for owner, declared in owners:
+        for key, model in declared.items():
+            if key in (*FIXED_SECTIONS, "method", "objective", "output_dir"):
+                raise TypeError(f"{owner} declares the section `{key}`, which is a fixed part of the config")
+            if sections.setdefault(key, model) is not model:
+                raise TypeError(f"{owner} declares section `{key}` with another knob model than its other readers")
+    return sections
+
+
+@functools.cache
+def _recipe_model(methods: tuple, objectives: tuple, sections: tuple) -> type[Recipe]:
+    fields = {key: (model, Field(default_factory=model)) for key, model in sections}
+    return create_model("Recipe", __base__=Recipe, method=(Literal[methods], "lora"),
+                        objective=(Literal[objectives], "sft"), **fields)
+
+
+def recipe_model() -> type[Recipe]:
+    """The Recipe schema of the methods and objectives registered now."""
+    return _recipe_model(tuple(METHODS), tuple(OBJECTIVES), tuple(registered_sections().items()))
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
@@ -334,7 +243,7 @@ def apply_override(raw: dict, item: str) -> None:
 
 def validate_recipe(raw: dict) -> Recipe:
     try:
-        return Recipe.model_validate(raw)
+        return recipe_model().model_validate(raw)
     except ValidationError as exc:
         raise UserError(describe_validation_error(exc)) from None
 
@@ -356,7 +265,7 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def _valid_keys(loc: list[str]) -> list[str]:
-    model: type[BaseModel] = Recipe
+    model: type[BaseModel] = recipe_model()
     for part in loc:
         field = model.model_fields.get(part)
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):

@@ -1,6 +1,7 @@
 import pytest
 
 from tuna.data.batch import TrainBatches, collate, target_weights
+from tuna.data.kinds import SEQUENCES
 from tuna.data.render import IGNORE, Rendered
 
 
@@ -25,7 +26,7 @@ def test_weights_count_tokens_or_sequences():
 @pytest.mark.parametrize("batching", ["padded", "sorted", "packed"])
 def test_batches_cover_each_epoch_and_resume_exactly(batching):
     items = items_of_lengths([3, 9, 4, 7, 2, 8, 5, 6, 3, 9])
-    make = lambda seed=3: TrainBatches(items, batching=batching, batch_size=2, max_tokens=12, weighting="token",
+    make = lambda seed=3: TrainBatches(items, SEQUENCES, batching=batching, batch_size=2, max_tokens=12, weighting="token",
                                        pad_id=0, seed=seed)
     stream = make()
     epoch0 = [i for _ in range(stream.batches_per_epoch) for i in stream.next_indices()]
@@ -42,7 +43,7 @@ def test_batches_cover_each_epoch_and_resume_exactly(batching):
 
 def test_sorted_batches_group_similar_lengths_in_shuffled_order():
     lengths = list(range(1, 41))
-    stream = TrainBatches(items_of_lengths(lengths), batching="sorted", batch_size=4, max_tokens=64,
+    stream = TrainBatches(items_of_lengths(lengths), SEQUENCES, batching="sorted", batch_size=4, max_tokens=64,
                           weighting="token", pad_id=0, seed=0)
     batches = [stream.next_indices() for _ in range(stream.batches_per_epoch)]
     spans = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
@@ -53,7 +54,7 @@ def test_sorted_batches_group_similar_lengths_in_shuffled_order():
 
 def test_packed_batch_holds_whole_bins_in_one_unpadded_row():
     items = items_of_lengths([7, 5, 4, 3, 1, 6])
-    stream = TrainBatches(items, batching="packed", batch_size=2, max_tokens=8, weighting="token", pad_id=0, seed=0)
+    stream = TrainBatches(items, SEQUENCES, batching="packed", batch_size=2, max_tokens=8, weighting="token", pad_id=0, seed=0)
     assert stream.batches_per_epoch == 2  # 26 tokens fit 4 bins of 8
     batch = stream.next()
     assert set(batch) == {"input_ids", "labels", "position_ids", "weights"}
@@ -64,7 +65,7 @@ def test_packed_batch_holds_whole_bins_in_one_unpadded_row():
 
 def test_padding_fraction_of_padded_and_sorted_batches():
     lengths = [2, 8, 2, 8]
-    make = lambda batching: TrainBatches(items_of_lengths(lengths), batching=batching, batch_size=2, max_tokens=8,
+    make = lambda batching: TrainBatches(items_of_lengths(lengths), SEQUENCES, batching=batching, batch_size=2, max_tokens=8,
                                          weighting="token", pad_id=0, seed=0)
     assert make("sorted").padding_fraction() == 0.0  # [2, 2] and [8, 8]
     plan = [make("padded").next_indices() for _ in range(2)]

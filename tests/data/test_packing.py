@@ -8,7 +8,10 @@ from tuna.data.packing import best_fit_decreasing, collate_packed
 from tuna.data.render import IGNORE, Rendered
 from tuna.models.attention import NAME as PACKED_ATTENTION
 from tuna.models.attention import document_spans, use_packed_attention
-from tuna.objectives.sft import batch_weight, loss
+from tuna.data.kinds import SEQUENCES
+from tuna.objectives.sft import loss
+
+batch_weight = SEQUENCES.batch_weight
 
 
 def test_best_fit_decreasing_fills_bins_without_overflow():

@@ -2,6 +2,7 @@ import pytest
 
 from tuna.config import validate_recipe
 from tuna.data.batch import TrainBatches, collate_pairs
+from tuna.data.kinds import PAIRS
 from tuna.data.dataset import load_splits
 from tuna.data.formats import detect_format
 from tuna.data.preference import Pair, render_pairs
@@ -59,7 +60,7 @@ def test_identical_pairs_are_dropped_and_counted_in_the_summary(tiny_tokenizer, 
 
     recipe = validate_recipe({"data": {"path": str(write_jsonl(tmp_path / "p.jsonl", rows)), "eval_split": 0},
                               "objective": "dpo"})
-    splits = load_splits(recipe.data, tiny_tokenizer, seed=0, pairs=True)
+    splits = load_splits(recipe.data, tiny_tokenizer, seed=0, kind=PAIRS)
     assert splits.train_stats.summary() == "2 kept, 3 dropped with identical chosen and rejected"
 
 
@@ -85,7 +86,7 @@ def test_pairs_collate_chosen_rows_then_rejected_rows_with_their_reference_logps
 def test_sorted_pair_batches_group_pairs_by_their_longer_sequence():
     pairs = [Pair(Rendered([1] * n, [1] * n), Rendered([2] * (7 * n % 40 + 2), [2] * (7 * n % 40 + 2)))
              for n in range(2, 42)]
-    stream = TrainBatches(pairs, batching="sorted", batch_size=4, max_tokens=64, weighting="token", pad_id=0, seed=0)
+    stream = TrainBatches(pairs, PAIRS, batching="sorted", batch_size=4, max_tokens=64, weighting="token", pad_id=0, seed=0)
     batches = [stream.next_indices() for _ in range(stream.batches_per_epoch)]
     assert sorted(i for b in batches for i in b) == list(range(len(pairs)))
     longer = [pair.length for pair in pairs]
@@ -104,4 +105,4 @@ def test_packing_and_mismatched_data_are_refused(tiny_tokenizer, tmp_path, chat_
         load_splits(validate_recipe({"data": {"path": str(pairs), "eval_split": 0}}).data, tiny_tokenizer, 0)
     with pytest.raises(UserError, match="need records with `chosen` and `rejected`.* the data is 'messages'"):
         load_splits(validate_recipe({"data": {"path": str(chat_data)}, "objective": "dpo"}).data, tiny_tokenizer, 0,
-                    pairs=True)
+                    kind=PAIRS)

@@ -54,7 +54,7 @@ def test_scores_stay_with_their_records_after_length_sorting(tiny_model_dir, mon
         seen["order"] = [p[-1]["content"].split()[1] for p in prompts]
         return [echo(p) for p in prompts]
 
-    monkeypatch.setattr("tuna.eval.generate.generate", fake_generate)
+    monkeypatch.setattr("tuna.eval.task.generate", fake_generate)
     model, tokenizer = load_any(str(tiny_model_dir))
     summary, rows = evaluate_task(model, tokenizer, read_task(records), get_metrics(["exact_match", "qa_f1"]),
                                   max_new_tokens=4, batch_size=2, progress=False)
@@ -124,7 +124,7 @@ def test_generation_and_choice_metrics_in_one_call(tiny_model_dir, monkeypatch):
         calls.append(options)
         return ['{"ok": true}' if "json" in p else "a b c d" for p in prompts]
 
-    monkeypatch.setattr("tuna.eval.generate.generate", fake_generate)
+    monkeypatch.setattr("tuna.eval.task.generate", fake_generate)
     model, tokenizer = load_any(str(tiny_model_dir))
     records = [{"prompt": "json please", "answers": ["x"], "choices": ["yes", "no"], "answer": 0},
                {"prompt": "four letters", "answers": ["a b c d e f"], "choices": ["yes", "no"], "answer": "no"}]

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tuna.data.calibration import Calibration
 from tuna.errors import UserError
 from tuna.methods import REGISTRY
 from tuna.models.load import load_base
@@ -98,11 +99,20 @@ def test_right_padding_leaves_the_real_tokens_exact_and_other_padding_is_refused
         s2(query, key, value, size=4, mask=padding_mask(real.flip(1)))
 
 
+def context(max_tokens: int) -> Calibration:
+    """What prepare reads the context length (data.max_tokens) from; no calibration batches are read."""
+    def unread(n):
+        raise AssertionError("longlora reads no calibration batches")
+
+    return Calibration(task=unread, general=unread, max_tokens=max_tokens)
+
+
 def prepared(tiny_model_dir, tiny_recipe, ratio=0.25, **sections):
     """LongLoRA on the tiny model, with groups of ratio × 16 tokens (the context length, data.max_tokens)."""
     recipe = tiny_recipe(method="longlora", lora={"r": 4, "dropout": 0.0}, longlora={"group_size_ratio": ratio},
                          data={"max_tokens": 16}, **sections)
-    return LONGLORA.prepare(load_base(str(tiny_model_dir))[0], recipe)
+    method = LONGLORA.from_recipe(recipe)
+    return method.prepare(load_base(str(tiny_model_dir))[0], context(recipe.data.max_tokens))
 
 
 def pretend_trained(model, seed=0):
@@ -155,7 +165,7 @@ def test_saved_adapter_loads_with_plain_peft_and_reproduces_the_logits(tiny_dirs
 
     model = prepared(tiny_dirs[kind], tiny_recipe, model=str(tiny_dirs[kind]))
     pretend_trained(model)
-    LONGLORA.save_final(model, tmp_path)
+    LONGLORA().save_final(model, tmp_path)
     plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dirs[kind]), tmp_path).eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_dirs[kind]).eval()
     with torch.no_grad():
@@ -165,10 +175,10 @@ def test_saved_adapter_loads_with_plain_peft_and_reproduces_the_logits(tiny_dirs
 
 def test_packed_batching_and_base_changing_inits_are_refused(tiny_model_dir, tiny_recipe):
     model = load_base(str(tiny_model_dir))[0]
-    with pytest.raises(UserError, match="cannot keep packed examples apart"):
-        LONGLORA.prepare(model, tiny_recipe(method="longlora", data={"batching": "packed"}))
+    with pytest.raises(UserError, match="cannot keep packed examples apart"):  # the config refuses it (`packs`)
+        tiny_recipe(method="longlora", data={"batching": "packed"})
     with pytest.raises(UserError, match="lora.init: default or gaussian, not pissa"):
-        LONGLORA.prepare(model, tiny_recipe(method="longlora", lora={"init": "pissa"}))
+        LONGLORA.from_recipe(tiny_recipe(method="longlora", lora={"init": "pissa"})).prepare(model)
 
 
 def test_groups_are_a_fraction_of_the_context_length_so_short_rows_get_full_attention(tiny_model_dir, tiny_recipe):

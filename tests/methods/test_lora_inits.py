@@ -1,5 +1,4 @@
 """LoRA initialisations through PEFT: PiSSA, EVA, CorDA (KPM / IPM), and the rank check."""
-import dataclasses
 import json
 import warnings
 
@@ -26,7 +25,7 @@ def calibration_for(recipe):
     _, tokenizer = load_base(recipe.model.name)
     splits = load_splits(recipe.data, tokenizer, recipe.train.seed)
     return build_calibration(splits.train, tokenizer, recipe.train.micro_batch_size, torch.device("cpu"),
-                             recipe.train.seed)
+                             recipe.train.seed, max_tokens=recipe.data.max_tokens)
 
 
 @torch.no_grad()
@@ -53,7 +52,7 @@ def base_weight(model, name="model.layers.0.self_attn.q_proj"):
 
 def test_pissa_moves_the_principal_part_into_the_adapter_keeping_the_function(tiny_recipe, tiny_model_dir):
     original = load_base(str(tiny_model_dir))[0].model.layers[0].self_attn.q_proj.weight.detach().clone()
-    model = REGISTRY["lora"].prepare(load_base(str(tiny_model_dir))[0], lora_recipe(tiny_recipe, "pissa"))
+    model = REGISTRY["lora"].from_recipe(lora_recipe(tiny_recipe, "pissa")).prepare(load_base(str(tiny_model_dir))[0])
     residual = base_weight(model)
     assert not torch.allclose(residual, original, atol=1e-3)  # the base now holds only the residual
     q = model.base_model.model.model.layers[0].self_attn.q_proj
@@ -71,13 +70,13 @@ def test_the_trained_adapter_applies_to_the_original_base(tiny_recipe, tiny_mode
     from transformers import AutoModelForCausalLM
 
     trained = {}
-    real = REGISTRY["lora"]
+    real = REGISTRY["lora"].save_final
 
-    def keep(model, out):
+    def keep(self, model, out):
         trained["model"] = model
-        real.save_final(model, out)
+        real(self, model, out)
 
-    monkeypatch.setitem(REGISTRY, "lora", dataclasses.replace(real, save_final=keep))
+    monkeypatch.setattr(REGISTRY["lora"], "save_final", keep)
     train(tiny_recipe(lora={"r": 4, "dropout": 0.0, "init": init, "calibration_batches": 2},
                       train={"max_steps": 3, "lr": 5e-2}, eval={"every": 0}), progress=False)
     final = tmp_path / "run" / "final"
@@ -110,9 +109,9 @@ def test_eva_sets_a_to_the_principal_directions_of_the_activations(tiny_recipe, 
     x = torch.cat([h[b["labels"] != -100] for h, b in zip(inputs, batches)])
     x = x - x.mean(0)
 
-    plain = REGISTRY["lora"].prepare(load_base(str(tiny_model_dir))[0], lora_recipe(tiny_recipe, "default"))
+    plain = REGISTRY["lora"].from_recipe(lora_recipe(tiny_recipe, "default")).prepare(load_base(str(tiny_model_dir))[0])
     default_a = {name: a for name, (a, _) in adapters(plain).items()}
-    model = REGISTRY["lora"].prepare(base, recipe, calibration)
+    model = REGISTRY["lora"].from_recipe(recipe).prepare(base, calibration)
     found = adapters(model)
     assert found
     for name, (a, b) in found.items():
@@ -134,7 +133,7 @@ def test_eva_sets_a_to_the_principal_directions_of_the_activations(tiny_recipe, 
 def test_data_driven_inits_need_calibration(tiny_recipe, tiny_model_dir):
     for init in ("eva", "corda_kpm", "corda_ipm"):
         with pytest.raises(UserError, match=f"lora.init: {init} needs calibration data"):
-            REGISTRY["lora"].prepare(load_base(str(tiny_model_dir))[0], lora_recipe(tiny_recipe, init))
+            REGISTRY["lora"].from_recipe(lora_recipe(tiny_recipe, init)).prepare(load_base(str(tiny_model_dir))[0])
 
 
 # ---------------------------------------------------------------- CorDA
@@ -171,7 +170,7 @@ def corda_models(tiny_dirs, tmp_path_factory):
                                   "train": {"micro_batch_size": 4, "device": "cpu", "precision": "fp32"},
                                   "output_dir": str(root / method)})
         spy = Spy(calibration_for(recipe))
-        out[method] = REGISTRY["lora"].prepare(load_base(recipe.model.name)[0], recipe, spy), spy.read
+        out[method] = REGISTRY["lora"].from_recipe(recipe).prepare(load_base(recipe.model.name)[0], spy), spy.read
     return out
 
 
@@ -223,13 +222,13 @@ def test_rank_above_the_smallest_targeted_layer_is_refused_before_training(tiny_
 
 
 def test_the_rank_check_only_looks_at_the_targeted_layers(tiny_recipe, tiny_model_dir):
-    model = REGISTRY["lora"].prepare(load_base(str(tiny_model_dir))[0],
-                                     tiny_recipe(lora={"r": 17, "target_modules": ["q_proj", "down_proj"]}))
+    model = REGISTRY["lora"].from_recipe(tiny_recipe(lora={"r": 17, "target_modules": ["q_proj", "down_proj"]})).prepare(
+        load_base(str(tiny_model_dir))[0])
     assert {tuple(a.shape) for a, _ in adapters(model).values()} == {(17, 32), (17, 64)}
 
 
 def test_lora_on_the_embeddings_alone_has_no_linear_rank_to_check(tiny_recipe, tiny_dirs):
     recipe = tiny_recipe(model=str(tiny_dirs["qwen2"]), lora={"r": 4, "target_modules": ["embed_tokens"]})
-    model = REGISTRY["lora"].prepare(load_base(str(tiny_dirs["qwen2"]))[0], recipe)
+    model = REGISTRY["lora"].from_recipe(recipe).prepare(load_base(str(tiny_dirs["qwen2"]))[0])
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_embedding" in n for n in trainable)

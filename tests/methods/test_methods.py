@@ -3,7 +3,7 @@ import torch
 
 from tuna.errors import UserError
 from tuna.methods import REGISTRY
-from tuna.methods.base import count_parameters, decoder_layers
+from tuna.models.layers import count_parameters, decoder_layers
 from tuna.models.load import load_base
 from tuna.train.loop import train
 
@@ -28,7 +28,7 @@ def test_freeze_rejects_more_layers_than_the_model_has(tiny_recipe):
 
 def test_full_trains_every_parameter(tiny_model_dir, tiny_recipe):
     model, _ = load_base(str(tiny_model_dir))
-    model = REGISTRY["full"].prepare(model, tiny_recipe(method="full"))
+    model = REGISTRY["full"].from_recipe(tiny_recipe(method="full")).prepare(model)
     trainable, total = count_parameters(model)
     assert trainable == total > 0
 
@@ -69,7 +69,7 @@ def test_dora_adds_trained_magnitude_vectors_and_loads_with_plain_peft(tiny_reci
     final = tmp_path / "run" / "final"
     assert json.loads((final / "adapter_config.json").read_text())["use_dora"] is True
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), final)
-    fresh = REGISTRY["dora"].prepare(load_base(str(tiny_model_dir))[0], tiny_recipe(method="dora", lora={"r": 4}))
+    fresh = REGISTRY["dora"].from_recipe(tiny_recipe(method="dora", lora={"r": 4})).prepare(load_base(str(tiny_model_dir))[0])
     magnitudes = {n: p for n, p in fresh.named_parameters() if "lora_magnitude_vector" in n}
     assert len(magnitudes) == 14 and all(p.requires_grad for p in magnitudes.values())
     trained = dict(adapted.named_parameters())
@@ -77,8 +77,9 @@ def test_dora_adds_trained_magnitude_vectors_and_loads_with_plain_peft(tiny_reci
 
 
 def test_rslora_scales_by_alpha_over_sqrt_r(tiny_recipe, tiny_model_dir):
-    plain = REGISTRY["lora"].prepare(load_base(str(tiny_model_dir))[0], tiny_recipe(lora={"r": 16, "alpha": 8}))
-    stable = REGISTRY["rslora"].prepare(load_base(str(tiny_model_dir))[0], tiny_recipe(method="rslora", lora={"r": 16, "alpha": 8}))
+    plain = REGISTRY["lora"].from_recipe(tiny_recipe(lora={"r": 16, "alpha": 8})).prepare(load_base(str(tiny_model_dir))[0])
+    stable = REGISTRY["rslora"].from_recipe(tiny_recipe(method="rslora", lora={"r": 16, "alpha": 8})).prepare(
+        load_base(str(tiny_model_dir))[0])
     q_plain = plain.base_model.model.model.layers[0].self_attn.q_proj
     q_stable = stable.base_model.model.model.layers[0].self_attn.q_proj
     assert q_plain.scaling["default"] == pytest.approx(8 / 16)

@@ -3,7 +3,7 @@ import torch
 
 from tuna.errors import UserError
 from tuna.methods import REGISTRY
-from tuna.methods.base import count_parameters
+from tuna.models.layers import count_parameters
 from tuna.models.load import load_any, load_base
 from tuna.models.sparse_delta import read_delta
 from tuna.train.loop import train
@@ -15,7 +15,7 @@ def test_trainable_count_is_the_selected_columns(tiny_model_dir, tiny_recipe):
     model, _ = load_base(str(tiny_model_dir))
     config = model.config
     head_dim = config.hidden_size // config.num_attention_heads
-    model = REGISTRY["s2ft"].prepare(model, tiny_recipe(method="s2ft", s2ft=S2FT))
+    model = REGISTRY["s2ft"].from_recipe(tiny_recipe(method="s2ft", s2ft=S2FT)).prepare(model)
     trainable, _ = count_parameters(model)
     per_block = config.hidden_size * (1 * head_dim + 8)
     assert trainable == config.num_hidden_layers * per_block
@@ -46,12 +46,13 @@ def test_only_the_selected_slices_change(tiny_model_dir, tiny_recipe, tmp_path):
 
 def test_dense_compute_equals_the_merged_weights(tiny_model_dir, tiny_recipe, tmp_path):
     model, _ = load_base(str(tiny_model_dir))
-    model = REGISTRY["s2ft"].prepare(model, tiny_recipe(method="s2ft", s2ft=S2FT))
+    s2ft = REGISTRY["s2ft"].from_recipe(tiny_recipe(method="s2ft", s2ft=S2FT))
+    model = s2ft.prepare(model)
     torch.manual_seed(0)
     for name, p in model.named_parameters():
         if p.requires_grad:
             p.data.normal_()
-    REGISTRY["s2ft"].save_final(model, tmp_path)
+    s2ft.save_final(model, tmp_path)
     merged, _ = load_base(str(tiny_model_dir))
     from tuna.models.sparse_delta import apply_delta
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tuna.errors import UserError
-from tuna.methods.base import decoder_layers
+from tuna.models.layers import decoder_layers
 from tuna.models.load import load_base
 from tuna.models.reinit import reinit_top_layers
 from tuna.train.loop import train

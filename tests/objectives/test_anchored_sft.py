@@ -4,13 +4,15 @@ import torch
 from tuna.data.batch import collate
 from tuna.objectives import anchored_sft, dft
 from tuna.objectives.base import ObjectiveContext
-from tuna.objectives.sft import batch_weight
+from tuna.data.kinds import SEQUENCES
+
+batch_weight = SEQUENCES.batch_weight
 from tests.objectives.test_sft import ITEMS, FixedLogits
 
 
 def context(beta: float, reference_table: torch.Tensor) -> ObjectiveContext:
-    recipe = type("Recipe", (), {"anchored_sft": type("Knobs", (), {"kl_beta": beta})})()
-    return ObjectiveContext(recipe, reference=lambda batch: reference_table[batch["input_ids"]].detach())
+    knobs = type("Knobs", (), {"kl_beta": beta})()
+    return ObjectiveContext(knobs, reference=lambda batch: reference_table[batch["input_ids"]].detach())
 
 
 def test_asft_is_dft_plus_beta_times_the_full_vocabulary_kl():

@@ -5,7 +5,7 @@ from tuna.data.render import IGNORE
 from tuna.errors import UserError
 from tuna.models.load import load_base
 from tuna.objectives.chunked_ce import chunked_token_losses
-from tuna.objectives.sft import token_losses
+from tuna.models.forward import token_losses
 
 
 def a_batch(vocab: int) -> dict:

@@ -3,7 +3,9 @@ import torch
 
 from tuna.data.batch import collate
 from tuna.objectives.dft import loss as dft_loss
-from tuna.objectives.sft import batch_weight
+from tuna.data.kinds import SEQUENCES
+
+batch_weight = SEQUENCES.batch_weight
 from tests.objectives.test_sft import ITEMS, FixedLogits, hand_losses
 
 

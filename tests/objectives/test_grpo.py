@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from tuna.errors import UserError
-from tuna.objectives.grpo import group_advantages, policy_loss, sample_completions, sequence_batch, token_logps
+from tuna.models.generate import generate_ids
+from tuna.objectives.grpo import group_advantages, policy_loss, sequence_batch, token_logps
 from tuna.objectives.rewards import RewardErrors, check_records, score
 
 KNOBS = SimpleNamespace(answer_pattern=r"<answer>(.*?)</answer>", reward_pattern=r"^\d+$", length_target=10)
@@ -88,8 +89,8 @@ def test_sampled_groups_end_at_eos_and_rows_label_only_the_completion(tiny_model
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     torch.manual_seed(0)
     prompts = [[5, 6, 7], [8, 9]]
-    completions = sample_completions(model, prompts, group=3, max_new_tokens=6, temperature=1.0, top_p=1.0,
-                                     pad_id=0, eos_id=2)
+    completions = generate_ids(model, prompts, sample=True, group=3, max_new_tokens=6, temperature=1.0, top_p=1.0,
+                               pad_id=0, eos_id=2)
     assert len(completions) == 6
     assert all(0 < len(c) <= 6 and (2 not in c[:-1]) for c in completions)
     batch = sequence_batch(prompts, completions, group=3, pad_id=0)

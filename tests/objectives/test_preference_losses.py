@@ -10,7 +10,7 @@ from tuna.data.preference import Pair
 from tuna.data.render import IGNORE, Rendered
 from tuna.objectives import dpo, orpo, simpo
 from tuna.objectives.base import ObjectiveContext
-from tuna.objectives.pairwise import batch_weight
+from tuna.data.kinds import PAIRS as PAIR_KIND
 from tests.objectives.test_sft import VOCAB, FixedLogits
 
 P = IGNORE
@@ -28,19 +28,19 @@ def hand_logp(table: torch.Tensor, item: Rendered) -> tuple[float, int]:
     return sum(terms), len(terms)
 
 
-def context(reference_table=None, **knobs) -> ObjectiveContext:
+def context(objective: str, reference_table=None, **knobs) -> ObjectiveContext:
     recipe = SimpleNamespace(dpo=SimpleNamespace(beta=0.3, loss="sigmoid"), simpo=SimpleNamespace(beta=2.0, gamma=0.7),
                              orpo=SimpleNamespace(beta=0.4))
     for name, value in knobs.items():
         section, key = name.split("__")
         setattr(getattr(recipe, section), key, value)
     reference = None if reference_table is None else (lambda batch: reference_table[batch["input_ids"]].detach())
-    return ObjectiveContext(recipe, reference=reference)
+    return ObjectiveContext(getattr(recipe, objective), reference=reference)
 
 
 def whole_batch(objective_loss, ctx, pairs=PAIRS):
     batch = collate_pairs(pairs, pad_id=0)
-    value, stats = objective_loss(FixedLogits(), batch, batch_weight(batch), ctx)
+    value, stats = objective_loss(FixedLogits(), batch, PAIR_KIND.batch_weight(batch), ctx)
     return float(value.detach()), stats
 
 
@@ -59,7 +59,7 @@ def test_dpo_losses_and_rewards_equal_their_closed_forms(kind):
     rejected = [hand_logp(policy, p.rejected)[0] - hand_logp(REFERENCE, p.rejected)[0] for p in PAIRS]
     h = [c - r for c, r in zip(chosen, rejected)]
     assert len({x > 0 for x in h}) == 2  # some pairs are ranked right and some wrong
-    value, stats = whole_batch(dpo.loss, context(REFERENCE, dpo__loss=kind))
+    value, stats = whole_batch(dpo.loss, context("dpo", REFERENCE, dpo__loss=kind))
     assert value == pytest.approx(sum(DPO_FORMS[kind](x, beta) for x in h) / len(h), rel=1e-5)
     assert stats["rewards/chosen"] == pytest.approx(beta * sum(chosen) / 4, rel=1e-5, abs=1e-6)
     assert stats["rewards/rejected"] == pytest.approx(beta * sum(rejected) / 4, rel=1e-5, abs=1e-6)
@@ -69,17 +69,17 @@ def test_dpo_losses_and_rewards_equal_their_closed_forms(kind):
 
 
 def test_dpo_reads_precomputed_reference_logps_like_a_live_reference():
-    live = whole_batch(dpo.loss, context(REFERENCE))
+    live = whole_batch(dpo.loss, context("dpo", REFERENCE))
     precomputed = [Pair(p.chosen, p.rejected, (hand_logp(REFERENCE, p.chosen)[0], hand_logp(REFERENCE, p.rejected)[0]))
                    for p in PAIRS]
-    assert whole_batch(dpo.loss, context(None), precomputed)[0] == pytest.approx(live[0], rel=1e-5)
+    assert whole_batch(dpo.loss, context("dpo", None), precomputed)[0] == pytest.approx(live[0], rel=1e-5)
 
 
 def test_simpo_loss_equals_its_closed_form():
     table, beta, gamma = FixedLogits().table, 2.0, 0.7
     mean = lambda item: hand_logp(table, item)[0] / hand_logp(table, item)[1]
     margins = [beta * mean(p.chosen) - beta * mean(p.rejected) for p in PAIRS]
-    value, stats = whole_batch(simpo.loss, context())
+    value, stats = whole_batch(simpo.loss, context("simpo"))
     assert value == pytest.approx(sum(-log_sigmoid(m - gamma) for m in margins) / 4, rel=1e-5)
     assert stats["rewards/chosen"] == pytest.approx(sum(beta * mean(p.chosen) for p in PAIRS) / 4, rel=1e-5)
     assert stats["rewards/margins"] == pytest.approx(sum(margins) / 4, rel=1e-5, abs=1e-6)
@@ -91,7 +91,7 @@ def test_orpo_loss_equals_its_closed_form():
     odds = lambda item: math.exp(mean(item)) / (1 - math.exp(mean(item)))
     ratios = [math.log(odds(p.chosen) / odds(p.rejected)) for p in PAIRS]
     nll = [-mean(p.chosen) for p in PAIRS]
-    value, stats = whole_batch(orpo.loss, context())
+    value, stats = whole_batch(orpo.loss, context("orpo"))
     assert value == pytest.approx(sum(n - lam * log_sigmoid(r) for n, r in zip(nll, ratios)) / 4, rel=1e-5)
     assert stats["nll"] == pytest.approx(sum(nll) / 4, rel=1e-5)
     assert stats["log_odds_ratio"] == pytest.approx(sum(ratios) / 4, rel=1e-5, abs=1e-6)
@@ -100,12 +100,12 @@ def test_orpo_loss_equals_its_closed_form():
 
 @pytest.mark.parametrize("objective", [dpo, simpo, orpo], ids=["dpo", "simpo", "orpo"])
 def test_accumulated_micro_batches_give_the_step_loss_and_gradient_of_one_batch(objective):
-    ctx = context(REFERENCE)
+    ctx = context(objective.OBJECTIVE.name, REFERENCE)
 
     def step(split):
         model = FixedLogits()
         micro = [collate_pairs(part, pad_id=0) for part in split]
-        step_weight = sum(batch_weight(b) for b in micro)
+        step_weight = sum(PAIR_KIND.batch_weight(b) for b in micro)
         assert step_weight == len(PAIRS)  # the normaliser counts pairs
         total, stats = 0.0, {}
         for batch in micro:

@@ -14,8 +14,8 @@ IDS = {"input_ids": torch.tensor([[5, 6, 7, 8, 9, 10]]), "attention_mask": torch
 
 def test_disabled_adapter_reference_is_the_untouched_base(tiny_model_dir, tiny_recipe):
     recipe = tiny_recipe(method="lora", lora={"r": 4, "dropout": 0.0})
-    assert METHODS["lora"].adapter_off_is_base(recipe)
-    model = METHODS["lora"].prepare(load_base(str(tiny_model_dir))[0], recipe).eval()
+    assert METHODS["lora"].from_recipe(recipe).adapter_off_is_base()
+    model = METHODS["lora"].from_recipe(recipe).prepare(load_base(str(tiny_model_dir))[0]).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -23,8 +23,8 @@ def test_disabled_adapter_reference_is_the_untouched_base(tiny_model_dir, tiny_r
         base = load_base(str(tiny_model_dir))[0].eval()(**IDS).logits
         torch.testing.assert_close(reference_logits(model)(IDS), base)
         assert not torch.allclose(model(**IDS).logits, base, atol=1e-3)
-    assert not METHODS["lora"].adapter_off_is_base(tiny_recipe(method="lora", lora={"init": "pissa"}))
-    assert METHODS["full"].adapter_off_is_base is None
+    assert not METHODS["lora"].from_recipe(tiny_recipe(method="lora", lora={"init": "pissa"})).adapter_off_is_base()
+    assert not METHODS["full"]().adapter_off_is_base()
 
 
 @pytest.mark.parametrize("method, copies", [("lora", 0), ("full", 1)])

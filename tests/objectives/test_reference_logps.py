@@ -9,7 +9,8 @@ from tuna.methods import REGISTRY as METHODS
 from tuna.models.load import load_base
 from tuna.objectives import reference_logps
 from tuna.objectives.base import ObjectiveContext
-from tuna.objectives.pairwise import answer_logps, reference_answer_logps
+from tuna.models.forward import answer_logps
+from tuna.objectives.pairwise import reference_answer_logps
 from tuna.objectives.reference import frozen_copy, reference_logits
 from tuna.objectives.reference_logps import attach_reference_logps
 from tuna.train.loop import train
@@ -35,14 +36,14 @@ def sequence_logps(model, batch) -> torch.Tensor:
 
 def test_disabled_adapter_reference_gives_the_base_models_answer_logps(tiny_model_dir, tiny_recipe, pairs):
     recipe = tiny_recipe(method="lora", lora={"r": 4, "dropout": 0.0})
-    model = METHODS["lora"].prepare(load_base(str(tiny_model_dir))[0], recipe).eval()
+    model = METHODS["lora"].from_recipe(recipe).prepare(load_base(str(tiny_model_dir))[0]).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.add_(0.5)  # a trained adapter
     batch = collate_pairs(pairs[:4], pad_id=0)
     base = sequence_logps(load_base(str(tiny_model_dir))[0].eval(), batch)
-    reference = reference_answer_logps(batch, ObjectiveContext(recipe, reference_logits(model)))
+    reference = reference_answer_logps(batch, ObjectiveContext(None, reference_logits(model)))
     torch.testing.assert_close(reference, base)
     assert not torch.allclose(sequence_logps(model, batch), base, atol=1e-3)
 

@@ -26,6 +26,10 @@ def write_rows(path, rows):
     return path
 
 
+def data_args(recipe) -> dict:
+    return dict(data_format=recipe.data.format, max_tokens=recipe.data.max_tokens, batch_size=recipe.eval.batch_size)
+
+
 def own_answers(model_dir, prompts: list, max_new_tokens: int) -> list[str]:
     """The starting model's greedy answers, computed independently of S3FT's code."""
     model, tokenizer = load_base(str(model_dir))
@@ -40,7 +44,7 @@ def test_exactly_the_accepted_examples_are_replaced_by_the_models_own_response(t
                 "accept": flag} for i, flag in enumerate(flags)]
     recipe = tiny_recipe(objective="self_sft", self_sft={"judge": ["judges:accept_flagged"], "max_new_tokens": 6})
     model, tokenizer = load_base(str(talker))
-    rewritten, note = rewrite_train(records, recipe, model, tokenizer, run_dir=tmp_path, errors=RewardErrors(0))
+    rewritten, note = rewrite_train(records, recipe.self_sft, model, tokenizer, **data_args(recipe), run_dir=tmp_path, errors=RewardErrors(0))
 
     own = own_answers(talker, [r["messages"][:1] for r in records], max_new_tokens=6)
     assert all(own), "the tiny model must say something for this test to tell answers apart"
@@ -61,7 +65,7 @@ def test_the_built_in_judge_compares_with_the_gold_answer(talker, tiny_recipe, t
     records = [{"instruction": p, "output": own[0] if i == 0 else f"{own[i]} and more"} for i, p in enumerate(prompts)]
     recipe = tiny_recipe(objective="self_sft", self_sft={"max_new_tokens": 5})
     model, tokenizer = load_base(str(talker))
-    _, note = rewrite_train(records, recipe, model, tokenizer, run_dir=tmp_path, errors=RewardErrors(0))
+    _, note = rewrite_train(records, recipe.self_sft, model, tokenizer, **data_args(recipe), run_dir=tmp_path, errors=RewardErrors(0))
     saved = [json.loads(line) for line in (tmp_path / JUDGEMENTS).read_text().splitlines()]
     assert [j["accepted"] for j in saved] == [True, False, False]
     assert "replaced 1 of 3" in note
@@ -96,9 +100,9 @@ def test_a_new_run_judges_afresh_even_where_old_judgements_lie(talker, tiny_reci
     records = [{"prompt": f"q{i}", "completion": f"a{i}", "accept": True} for i in range(3)]
     recipe = tiny_recipe(objective="self_sft", self_sft={"judge": ["judges:accept_flagged"], "max_new_tokens": 3})
     model, tokenizer = load_base(str(talker))
-    rewrite_train(records, recipe, model, tokenizer, run_dir=tmp_path, errors=RewardErrors(0))
+    rewrite_train(records, recipe.self_sft, model, tokenizer, **data_args(recipe), run_dir=tmp_path, errors=RewardErrors(0))
     recipe.self_sft.judge = ["exact_match"]  # another judge: the saved judgements no longer apply
-    _, note = rewrite_train(records, recipe, model, tokenizer, run_dir=tmp_path, errors=RewardErrors(0))
+    _, note = rewrite_train(records, recipe.self_sft, model, tokenizer, **data_args(recipe), run_dir=tmp_path, errors=RewardErrors(0))
     assert "replaced 0 of 3" in note
 
 
@@ -106,9 +110,9 @@ def test_self_sft_refuses_data_without_prompts_and_judges_missing_fields(talker,
     model, tokenizer = load_base(str(talker))
     recipe = tiny_recipe(objective="self_sft")
     with pytest.raises(UserError, match="needs prompts with gold responses"):
-        rewrite_train([{"text": "just text"}], recipe, model, tokenizer, run_dir=tmp_path, errors=RewardErrors(0))
+        rewrite_train([{"text": "just text"}], recipe.self_sft, model, tokenizer, **data_args(recipe), run_dir=tmp_path, errors=RewardErrors(0))
     recipe = tiny_recipe(objective="self_sft", self_sft={"judge": ["json_schema"]})
     with pytest.raises(UserError, match="reward json_schema needs a `schema` field"):
-        rewrite_train([{"prompt": "p", "completion": "c"}], recipe, model, tokenizer, run_dir=tmp_path,
+        rewrite_train([{"prompt": "p", "completion": "c"}], recipe.self_sft, model, tokenizer, **data_args(recipe), run_dir=tmp_path,
                       errors=RewardErrors(0))
     assert not (tmp_path / JUDGEMENTS).exists()

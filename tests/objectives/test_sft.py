@@ -5,7 +5,10 @@ import torch
 
 from tuna.data.batch import collate
 from tuna.data.render import IGNORE, Rendered
-from tuna.objectives.sft import batch_weight, loss
+from tuna.data.kinds import SEQUENCES
+from tuna.objectives.sft import loss
+
+batch_weight = SEQUENCES.batch_weight
 
 VOCAB = 5
 

@@ -4,8 +4,9 @@ import torch
 
 from tuna.data.render import IGNORE
 from tuna.models.load import load_base
-from tuna.objectives.sft import token_losses
-from tuna.train.compile import compile_blocks, decoder_blocks
+from tuna.models.forward import token_losses
+from tuna.models.layers import decoder_layers
+from tuna.train.compile import compile_blocks
 from tuna.train.loop import train
 
 
@@ -24,7 +25,7 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_model_dir):
     batch = {"input_ids": input_ids, "labels": labels, "attention_mask": torch.ones_like(input_ids)}
     eager_losses, eager_grads = loss_and_grads(model, batch)
     assert compile_blocks(model) == 2
-    assert all(block._compiled_call_impl is not None for block in decoder_blocks(model))
+    assert all(block._compiled_call_impl is not None for block in decoder_layers(model))
     losses, grads = loss_and_grads(model, batch)
     torch.testing.assert_close(losses, eager_losses, atol=1e-5, rtol=1e-5)
     for name, grad in grads.items():

@@ -17,8 +17,9 @@ SMALLEST_QUANTISED = 4096  # bitsandbytes keeps float32 states for tensors with 
 def one_step(tiny_recipe, directory, eight_bit: bool):
     torch.manual_seed(0)
     recipe = tiny_recipe(model=str(directory), method="full", optim={"eight_bit": eight_bit})
-    model = REGISTRY["full"].prepare(load_base(str(directory))[0], recipe)
-    optimizer = build_optimizer(model, recipe, REGISTRY["full"], 1e-3)
+    method = REGISTRY["full"].from_recipe(recipe)
+    model = method.prepare(load_base(str(directory))[0])
+    optimizer = build_optimizer(model, recipe, method, 1e-3)
     ids = torch.randint(0, model.config.vocab_size, (2, 16))
     model(input_ids=ids, labels=ids).loss.backward()
     optimizer.step()

@@ -24,8 +24,9 @@ def group_lr(optimizer) -> dict[int, float]:
 
 def prepared(tiny_recipe, directory, method, **sections):
     recipe = tiny_recipe(model=str(directory), method=method, **sections)
-    model = REGISTRY[method].prepare(load_base(str(directory))[0], recipe)
-    return model, recipe, build_optimizer(model, recipe, REGISTRY[method], LR)
+    instance = REGISTRY[method].from_recipe(recipe)
+    model = instance.prepare(load_base(str(directory))[0])
+    return model, recipe, build_optimizer(model, recipe, instance, LR)
 
 
 def depth_from_name(name: str, layers: int) -> int:
@@ -164,3 +165,16 @@ def test_parameters_without_gradients_are_skipped():
     expected = norm([grads["big.weight"], grads["big.bias"]])
     assert clip_gradients(net, 1.0, per_component=True) == pytest.approx(expected, rel=1e-5)
     assert net.small.weight.grad is None
+
+
+def test_train_lr_logs_the_base_rate_under_layer_decay(tiny_recipe, tmp_path):
+    """Every group's rate is the base rate times its multiplier; the log shows the base rate, whatever group
+    comes first (with decay 0.5 the first group, the embeddings', runs at lr x 0.5^3)."""
+    from tuna.rundir import read_metrics
+    from tuna.train.loop import train
+
+    recipe = tiny_recipe(method="full", optim={"layer_decay": 0.5}, eval={"every": 0},
+                         train={"max_steps": 3, "lr": LR, "schedule": "linear", "warmup_ratio": 0.0})
+    result = train(recipe, progress=False)
+    logged = [r["train/lr"] for r in read_metrics(f"{result.run_dir}/metrics.jsonl")]
+    assert logged == pytest.approx([LR, LR * 2 / 3, LR / 3], rel=1e-6)  # linear decay to 0 over 3 steps

@@ -6,9 +6,10 @@
 - `packed`: examples packed into bins of `max_tokens` (see `packing`); a micro-batch is
   `batch_size` bins in one row, with no padding at all.
 
-Preference pairs (`data.preference`) batch as units: a micro-batch of `batch_size` pairs holds their
-chosen sequences and then their rejected ones, padded together; `sorted` orders pairs by the longer
-of their two sequences. Pairs are never packed.
+What an item is, and how a micro-batch of items is collated, is the data kind's (`data.kinds`):
+preference pairs batch as units, a micro-batch of `batch_size` pairs holding their chosen sequences
+and then their rejected ones, padded together; `sorted` orders pairs by the longer of their two
+sequences. Only single sequences are packed.
 
 Epoch e's plan is drawn from a generator seeded with (seed, e), so the data position is just
 (epoch, cursor) and a resumed run sees exactly the batches it would have seen.
@@ -24,7 +25,6 @@ import torch
 
 from tuna.data.packing import best_fit_decreasing, collate_packed
 from tuna.data.preference import Pair
-from tuna.data.prompts import PromptItem, collate_prompts
 from tuna.data.render import IGNORE, Rendered
 
 
@@ -89,17 +89,14 @@ def epoch_plan(lengths: list[int], batching: str, batch_size: int, bins: list[li
 
 
 class TrainBatches:
-    """The training split as an endless, resumable stream of collated micro-batches."""
+    """The training split as an endless, resumable stream of collated micro-batches of its `kind`
+    (`data.kinds`); `packed` applies to kinds whose items are single sequences."""
 
-    def __init__(self, items: list[Rendered] | list[Pair], *, batching: str, batch_size: int, max_tokens: int,
-                 weighting: str, pad_id: int, seed: int):
-        self.items, self.batching, self.batch_size = items, batching, batch_size
+    def __init__(self, items: list, kind, *, batching: str, batch_size: int, max_tokens: int, weighting: str,
+                 pad_id: int, seed: int):
+        self.items, self.kind, self.batching, self.batch_size = items, kind, batching, batch_size
         self.weighting, self.pad_id, self.seed, self.max_tokens = weighting, pad_id, seed, max_tokens
-        self.pairs = isinstance(items[0], Pair)
-        self.prompts = isinstance(items[0], PromptItem)  # GRPO: prompts only; completions are sampled
-        if self.pairs and batching == "packed":
-            raise ValueError("preference pairs are not packed")
-        self.lengths = [item.length if self.pairs else len(item.input_ids) for item in items]
+        self.lengths = [kind.length(item) for item in items]
         self.bins = best_fit_decreasing(self.lengths, max_tokens) if batching == "packed" else None
         self.epoch, self.cursor = 0, 0
         self._plan: list[list[int]] | None = None
@@ -115,11 +112,9 @@ class TrainBatches:
             return 0.0
         generator = torch.Generator().manual_seed(self.seed * 1_000_003)
         plan = epoch_plan(self.lengths, self.batching, self.batch_size, None, generator)
-        computed = sum(len(b) * max(self.lengths[i] for i in b) for b in plan)
-        if not self.pairs:
-            return 1 - sum(self.lengths) / computed
-        real = sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in self.items)
-        return 1 - real / (2 * computed)  # two rows per pair
+        rows = [self.kind.rows(item) for item in self.items]
+        computed = sum(sum(len(rows[i]) for i in b) * max(self.lengths[i] for i in b) for b in plan)
+        return 1 - sum(len(row.input_ids) for item_rows in rows for row in item_rows) / computed
 
     def summary(self) -> str:
         if self.bins is None:
@@ -138,13 +133,9 @@ class TrainBatches:
 
     def next(self) -> dict[str, torch.Tensor]:
         items = [self.items[i] for i in self.next_indices()]
-        if self.pairs:
-            return collate_pairs(items, self.pad_id)
-        if self.prompts:
-            return collate_prompts(items)
-        if self.batching == "packed":
+        if self.bins is not None:
             return collate_packed(items, [target_weights(item, self.weighting) for item in items])
-        return collate(items, self.pad_id, self.weighting)
+        return self.kind.collate(items, self.pad_id, self.weighting)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor}

@@ -1,10 +1,22 @@
 """Parameter strategies, registered by their config name."""
-from tuna.methods import chain_lora, freeze, full, hft, longlora, lora, s2ft, sparse
 from tuna.methods.base import Method
+from tuna.methods.chain_lora import ChainLora
+from tuna.methods.freeze import Freeze
+from tuna.methods.full import Full
+from tuna.methods.hft import Hft
+from tuna.methods.longlora import LongLora
+from tuna.methods.lora import Dora, Lora, Rslora
+from tuna.methods.s2ft import S2ft
+from tuna.methods.sparse import Sparse
 
-REGISTRY: dict[str, Method] = {m.name: m for m in (full.METHOD, freeze.METHOD, lora.METHOD, lora.DORA, lora.RSLORA,
-                                                   hft.METHOD, sparse.METHOD, s2ft.METHOD, chain_lora.METHOD,
-                                                   longlora.METHOD)}
+REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in (Full, Freeze, Lora, Dora, Rslora, Hft, Sparse, S2ft,
+                                                               ChainLora, LongLora)}
+
+
+def build(recipe) -> Method:
+    """The run's method: its class from `recipe.method`, holding the sections it reads."""
+    return REGISTRY[recipe.method].from_recipe(recipe)
+
 
 # Regularisation and stabilisation knobs that combine with any method: (config key, what it does, paper).
 ANY_METHOD_KNOBS = (

@@ -13,26 +13,24 @@ from __future__ import annotations
 import copy
 
 import torch
-from peft.tuners.lora import LoraLayer
+from pydantic import Field
 from safetensors.torch import save_file
 
 from tuna.errors import UserError
 from tuna.methods import lora
-from tuna.methods.base import Method, round_of
+from tuna.methods.base import round_of
+from tuna.sections import Section
 
 ADAPTER = "default"
 
 
-def prepare(model, recipe, calibration=None):
-    if recipe.lora.init not in ("default", "gaussian"):
-        raise UserError(f"chain_lora re-initialises each round's adapter as plain LoRA; lora.init: {recipe.lora.init} "
-                        f"is not supported with it (use default or gaussian)")
-    model = lora.prepare(model, recipe, calibration)
-    model.tuna_chain = []  # merged rounds: [{module path: (scaled B, A)}]
-    return model
+class ChainLoraKnobs(Section):
+    rounds: int = Field(3, ge=1, description="LoRA rounds; after each, the adapter merges into the base and restarts")
 
 
-def lora_layers(model) -> dict[str, LoraLayer]:
+def lora_layers(model) -> dict:
+    from peft.tuners.lora import LoraLayer  # peft loads on use: importing the registry stays light
+
     return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
@@ -50,47 +48,62 @@ def current_factors(model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
             for name, layer in lora_layers(model).items()}
 
 
-def on_step_start(model, recipe, step: int, max_steps: int) -> bool:
-    """At a round boundary: merge the adapter into the base and start a fresh one."""
-    target = round_of(step, recipe.chain_lora.rounds, max_steps)
-    restarted = False
-    while len(model.tuna_chain) < target:
-        factors = current_factors(model)
-        merge_factors(model, factors)
-        model.tuna_chain.append(factors)
-        init = lora.PEFT_INIT[recipe.lora.init]
-        for layer in lora_layers(model).values():
-            layer.reset_lora_parameters(ADAPTER, init)
-        restarted = True
-    return restarted
+class ChainLora(lora.Lora):
+    name = "chain_lora"
+    summary = "LoRA in rounds; each round merges into the base and restarts (COLA)"
+    paper = "Chain of LoRA: Efficient Fine-tuning of Language Models via Residual Learning"
+    default_lr = 2e-4
+    sections = {"lora": lora.LoraKnobs, "chain_lora": ChainLoraKnobs}
+    shardable = False
 
+    def __init__(self, **knobs):
+        super().__init__(**knobs)
+        # the merged rounds, each {module path: (scaled B, A)}
+        self.rounds: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
 
-def extra_state(model) -> dict:
-    return {"rounds": model.tuna_chain}
+    def prepare(self, model, calibration=None):
+        if self.lora.init not in ("default", "gaussian"):
+            raise UserError(f"chain_lora re-initialises each round's adapter as plain LoRA; "
+                            f"lora.init: {self.lora.init} is not supported with it (use default or gaussian)")
+        model = super().prepare(model, calibration)
+        self.rounds = []
+        return model
 
+    def on_step_start(self, model, step: int, max_steps: int) -> bool:
+        """At a round boundary: merge the adapter into the base and start a fresh one."""
+        target = round_of(step, self.chain_lora.rounds, max_steps)
+        restarted = False
+        while len(self.rounds) < target:
+            factors = current_factors(model)
+            merge_factors(model, factors)
+            self.rounds.append(factors)
+            init = lora.PEFT_INIT[self.lora.init]
+            for layer in lora_layers(model).values():
+                layer.reset_lora_parameters(ADAPTER, init)
+            restarted = True
+        return restarted
 
-def load_extra_state(model, state: dict) -> None:
-    for factors in state["rounds"]:
-        merge_factors(model, factors)
-    model.tuna_chain = state["rounds"]
+    def extra_state(self, model) -> dict:
+        return {"rounds": self.rounds}
 
+    def load_extra_state(self, model, state: dict) -> None:
+        for factors in state["rounds"]:
+            merge_factors(model, factors)
+        self.rounds = state["rounds"]
 
-def save_final(model, out) -> None:
-    """All rounds, including the current one, as a single PEFT adapter of rank r × rounds."""
-    rounds = model.tuna_chain + [current_factors(model)]
-    tensors = {}
-    for name in lora_layers(model):
-        tensors[f"{name}.lora_A.weight"] = torch.cat([r[name][1] for r in rounds], dim=0).cpu().contiguous()
-        tensors[f"{name}.lora_B.weight"] = torch.cat([r[name][0] for r in rounds], dim=1).cpu().contiguous()
-    config = copy.deepcopy(model.peft_config[ADAPTER])
-    config.r = config.lora_alpha = config.r * len(rounds)  # scaling 1: each B above already carries its own
-    config.init_lora_weights = True
-    config.save_pretrained(out)
-    save_file(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
+    def save_final(self, model, out) -> None:
+        """All rounds, including the current one, as a single PEFT adapter of rank r × rounds."""
+        rounds = self.rounds + [current_factors(model)]
+        tensors = {}
+        for name in lora_layers(model):
+            tensors[f"{name}.lora_A.weight"] = torch.cat([r[name][1] for r in rounds], dim=0).cpu().contiguous()
+            tensors[f"{name}.lora_B.weight"] = torch.cat([r[name][0] for r in rounds], dim=1).cpu().contiguous()
+        config = copy.deepcopy(model.peft_config[ADAPTER])
+        config.r = config.lora_alpha = config.r * len(rounds)  # scaling 1: each B above already carries its own
+        config.init_lora_weights = True
+        config.save_pretrained(out)
+        save_file(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
 
-
-METHOD = Method(name="chain_lora", summary="LoRA in rounds; each round merges into the base and restarts (COLA)",
-                paper="Chain of LoRA: Efficient Fine-tuning of Language Models via Residual Learning",
-                knobs=f"chain_lora.rounds, {lora.KNOBS}", default_lr=2e-4, prepare=prepare, save_final=save_final,
-                on_step_start=on_step_start, lr_scales=lora.plus_lr_scales, extra_state=extra_state,
-                load_extra_state=load_extra_state)
+    def adapter_off_is_base(self) -> bool:
+        """Merged rounds live in the base weights, so the adapter switched off is not the starting model."""
+        return False

@@ -12,7 +12,16 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from tuna.methods.base import Method, decoder_layers, round_of, save_full_model
+from pydantic import Field
+
+from tuna.methods.base import Method, round_of
+from tuna.models.layers import decoder_layers
+from tuna.sections import Section
+
+
+class HftKnobs(Section):
+    rounds: int = Field(4, ge=1, description="how often the trained half is re-drawn over the run")
+    seed: int = Field(0, description="seeds the half chosen in each round")
 
 
 def categories(model) -> dict[str, list[str]]:
@@ -44,23 +53,29 @@ def selected_units(model, seed: int, round_index: int) -> set[str]:
     return chosen
 
 
-def prepare(model, recipe, calibration=None):
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model
+class Hft(Method):
+    name = "hft"
+    summary = "train a random half of each parameter category, re-drawn each round"
+    paper = "HFT: Half Fine-Tuning for Large Language Models"
+    default_lr = 2e-5
+    sections = {"hft": HftKnobs}
 
+    def __init__(self, **knobs):
+        super().__init__(**knobs)
+        self.current_round: int | None = None  # the round whose half is applied; None before the first step
 
-def on_step_start(model, recipe, step: int, max_steps: int) -> None:
-    """Apply the round's half when the round changes (or on the first call, e.g. after a resume)."""
-    round_index = round_of(step, recipe.hft.rounds, max_steps)
-    if getattr(model, "_hft_round", None) == round_index:
-        return
-    chosen = selected_units(model, recipe.hft.seed, round_index)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.rsplit(".", 1)[0] in chosen)
-    model._hft_round = round_index
+    def prepare(self, model, calibration=None):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
 
-
-METHOD = Method(name="hft", summary="train a random half of each parameter category, re-drawn each round",
-                paper="HFT: Half Fine-Tuning for Large Language Models", knobs="hft.rounds, hft.seed",
-                default_lr=2e-5, prepare=prepare, save_final=save_full_model, on_step_start=on_step_start)
+    def on_step_start(self, model, step: int, max_steps: int) -> bool:
+        """Apply the round's half when the round changes (or on the first call, e.g. after a resume)."""
+        round_index = round_of(step, self.hft.rounds, max_steps)
+        if self.current_round == round_index:
+            return False
+        chosen = selected_units(model, self.hft.seed, round_index)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.rsplit(".", 1)[0] in chosen)
+        self.current_round = round_index
+        return False

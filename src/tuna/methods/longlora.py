@@ -7,15 +7,26 @@ With tied input/output embeddings the copy stays tied (PEFT `ensure_weight_tying
 follows the trained embedding as it would in the original model. Training uses S2-Attn
 (`tuna.models.s2attn`) with groups of `longlora.group_size_ratio` × `data.max_tokens`
 tokens, the target context length; evaluation, generation and the saved adapter use full attention.
+The context length comes with the calibration data (`Calibration.max_tokens`; 1024 without it).
+Packed batches are refused by the config (`packs` below): S2-Attn cannot keep packed examples apart.
 """
 from __future__ import annotations
 
 import math
 
+from pydantic import Field
+
 from tuna.errors import UserError
 from tuna.methods import lora
-from tuna.methods.base import Method, decoder_layers
+from tuna.models.layers import decoder_layers
 from tuna.models.s2attn import use_s2_attention
+from tuna.sections import Section
+
+DEFAULT_CONTEXT = 1024  # the context length S2-Attn groups divide when no calibration data says it
+
+
+class LongLoraKnobs(Section):
+    group_size_ratio: float = Field(0.25, gt=0.0, le=1.0, description="S2-Attn group length over the sequence length")
 
 
 def embedding_and_norm_names(model) -> list[str]:
@@ -40,20 +51,20 @@ def attention_modules(model) -> list:
     return [layer.self_attn for layer in layers]
 
 
-def prepare(model, recipe, calibration=None):
-    if recipe.data.batching == "packed":
-        raise UserError("longlora's shifted sparse attention cannot keep packed examples apart; "
-                        "use data.batching: padded or sorted")
-    if recipe.lora.init not in ("default", "gaussian"):
-        raise UserError(f"longlora supports lora.init: default or gaussian, not {recipe.lora.init}")
-    group = max(2, math.ceil(recipe.longlora.group_size_ratio * recipe.data.max_tokens))
-    use_s2_attention(model, group, attention_modules(model))
-    return lora.prepare(model, recipe, calibration, modules_to_save=embedding_and_norm_names(model),
-                        ensure_weight_tying=tied_embeddings(model))
+class LongLora(lora.Lora):
+    name = "longlora"
+    summary = "LoRA + trainable embeddings and norms, shifted sparse attention in training"
+    paper = "LongLoRA: Efficient Fine-tuning of Long-Context Large Language Models"
+    default_lr = 2e-5
+    sections = {"lora": lora.LoraKnobs, "longlora": LongLoraKnobs}
+    shardable = False
+    packs = False  # longlora's shifted sparse attention cannot keep packed examples apart
 
-
-METHOD = Method(name="longlora", summary="LoRA + trainable embeddings and norms, shifted sparse attention in training",
-                paper="LongLoRA: Efficient Fine-tuning of Long-Context Large Language Models",
-                knobs=f"longlora.group_size_ratio, {lora.KNOBS}", default_lr=2e-5, prepare=prepare,
-                save_final=lora.save_adapter, lr_scales=lora.plus_lr_scales,
-                adapter_off_is_base=lora.base_is_untouched)
+    def prepare(self, model, calibration=None):
+        if self.lora.init not in ("default", "gaussian"):
+            raise UserError(f"longlora supports lora.init: default or gaussian, not {self.lora.init}")
+        context = calibration.max_tokens if calibration is not None else DEFAULT_CONTEXT
+        group = max(2, math.ceil(self.longlora.group_size_ratio * context))
+        use_s2_attention(model, group, attention_modules(model))
+        return self.wrap(model, calibration, modules_to_save=embedding_and_norm_names(model),
+                         ensure_weight_tying=tied_embeddings(model))

@@ -10,12 +10,26 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
-from peft import LoraConfig, get_peft_model
+from pydantic import Field
 
 from tuna.errors import UserError
 from tuna.methods.base import Method
+from tuna.sections import Section
+
+
+class LoraKnobs(Section):
+    r: int = Field(16, ge=1, le=4096)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    init: Literal["default", "gaussian", "pissa", "eva", "corda_kpm", "corda_ipm"] = Field(
+        "default", description="adapter initialisation (PEFT): default is A random, B zero")
+    plus_ratio: float | None = Field(None, ge=1.0, description="LoRA+: learning rate of B over that of A (paper: 16)")
+    calibration_batches: int = Field(8, ge=1, description="micro-batches EVA and CorDA read to initialise")
+
 
 PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "eva": "eva",
              "corda_kpm": "corda", "corda_ipm": "corda"}
@@ -37,8 +51,7 @@ def targeted_linears(model, target_modules) -> dict[str, torch.nn.Linear]:
     return {name: m for name, m in linears.items() if name.rsplit(".", 1)[-1] in target_modules}
 
 
-def peft_config(model, recipe, **variant) -> LoraConfig:
-    cfg = recipe.lora
+def peft_config(model, cfg: LoraKnobs, **variant):
     targets = targeted_linears(model, cfg.target_modules)
     # targets can hold no linear at all (LoRA on embed_tokens only): then there is no linear to check
     smallest = min((min(m.in_features, m.out_features) for m in targets.values()), default=None)
@@ -56,6 +69,8 @@ def peft_config(model, recipe, **variant) -> LoraConfig:
         extra["corda_config"] = CordaConfig(corda_method=cfg.init.removeprefix("corda_"), verbose=False)
         # preprocess_corda matches names itself and knows no "all-linear": hand it the names.
         target_modules = sorted({name.rsplit(".", 1)[-1] for name in targets})
+    from peft import LoraConfig  # peft loads on use: importing the registry (config validation) stays light
+
     return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=target_modules,
                       init_lora_weights=PEFT_INIT[cfg.init], task_type="CAUSAL_LM", **extra, **variant)
 
@@ -70,72 +85,87 @@ def run_forward(model, batches: list[dict]) -> None:
             model(input_ids=ids[keep].unsqueeze(0), attention_mask=mask[keep].unsqueeze(0))
 
 
-def prepare(model, recipe, calibration=None, **variant):
-    cfg = recipe.lora
-    config = peft_config(model, recipe, **variant)
-    if cfg.init in READS_DATA and calibration is None:
-        raise UserError(f"lora.init: {cfg.init} needs calibration data")
-    if cfg.init.startswith("corda"):
-        from peft.tuners.lora.corda import preprocess_corda
+class Lora(Method):
+    name = "lora"
+    summary = "low-rank adapters on linear layers (PEFT); inits pissa|eva|corda_*, LoRA+ by ratio"
+    paper = "LoRA: Low-Rank Adaptation of Large Language Models"
+    default_lr = 2e-4
+    sections = {"lora": LoraKnobs}
+    shardable = True
+    variant: ClassVar[dict] = {}  # PEFT LoraConfig flags that make the variant (DoRA, rsLoRA)
 
-        # KPM keeps what the model knows: its covariance comes from general text. IPM previews the task.
-        batches = (calibration.general if cfg.init == "corda_kpm" else calibration.task)(cfg.calibration_batches)
-        preprocess_corda(model, config, run_model=lambda: run_forward(model, batches))
-    model = get_peft_model(model, config)
-    if cfg.init == "eva":
-        from peft import initialize_lora_eva_weights
+    def __init__(self, **knobs):
+        super().__init__(**knobs)
+        self.initial_adapter: Path | None = None  # the adapter as initialised, when the init changed the base
+        self._workdir: tempfile.TemporaryDirectory | None = None  # holds it; removed with this instance
 
-        initialize_lora_eva_weights(model, dataloader=calibration.task(cfg.calibration_batches), show_progress_bar=False)
-    if cfg.init in CHANGES_BASE:
-        # PEFT's recipe: keep the initial adapter, flagged as plain LoRA, for the conversion at save time.
-        # CorDA's settings are spent; left in, every load of the saved adapter warns that they are ignored.
-        model.peft_config["default"].init_lora_weights = True
-        model.peft_config["default"].corda_config = None
-        home = Path(recipe.output_dir) if recipe.output_dir else Path(tempfile.mkdtemp(prefix="tuna-"))
-        model.tuna_initial_adapter = home / "lora_init"
-        model.save_pretrained(model.tuna_initial_adapter)
-    return model
+    def prepare(self, model, calibration=None):
+        return self.wrap(model, calibration)
+
+    def wrap(self, model, calibration=None, **extra):
+        """The model with PEFT's LoRA injected; `extra` adds LoraConfig settings (LongLoRA's modules_to_save)."""
+        cfg = self.lora
+        config = peft_config(model, cfg, **self.variant, **extra)
+        if cfg.init in READS_DATA and calibration is None:
+            raise UserError(f"lora.init: {cfg.init} needs calibration data")
+        if cfg.init.startswith("corda"):
+            from peft.tuners.lora.corda import preprocess_corda
+
+            # KPM keeps what the model knows: its covariance comes from general text. IPM previews the task.
+            batches = (calibration.general if cfg.init == "corda_kpm" else calibration.task)(cfg.calibration_batches)
+            preprocess_corda(model, config, run_model=lambda: run_forward(model, batches))
+        from peft import get_peft_model
+
+        model = get_peft_model(model, config)
+        if cfg.init == "eva":
+            from peft import initialize_lora_eva_weights
+
+            initialize_lora_eva_weights(model, dataloader=calibration.task(cfg.calibration_batches),
+                                        show_progress_bar=False)
+        if cfg.init in CHANGES_BASE:
+            # PEFT's recipe: keep the initial adapter, flagged as plain LoRA, for the conversion at save time.
+            # CorDA's settings are spent; left in, every load of the saved adapter warns that they are ignored.
+            model.peft_config["default"].init_lora_weights = True
+            model.peft_config["default"].corda_config = None
+            self._workdir = tempfile.TemporaryDirectory(prefix="tuna-lora-init-")
+            self.initial_adapter = Path(self._workdir.name) / "lora_init"
+            model.save_pretrained(self.initial_adapter)
+        return model
+
+    def save_final(self, model, out):
+        initial = self.initial_adapter
+        model.save_pretrained(out, path_initial_model_for_weight_conversion=str(initial) if initial else None)
+
+    def lr_scales(self, model) -> dict[str, float]:
+        """LoRA+: B (and PEFT's other group-B tensors) learn `lora.plus_ratio` times faster than A.
+
+        PEFT's grouping is read with lr 1, so each group's lr is a multiplier. Its embedding group takes
+        an absolute lr (1e-6 by default) rather than a multiple: given 1 here, embedding adapters train
+        at the base rate instead of at lr * 1e-6.
+        """
+        ratio = self.lora.plus_ratio
+        if not ratio:
+            return {}
+        from peft.optimizers import create_loraplus_optimizer
+
+        grouped = create_loraplus_optimizer(model, torch.optim.SGD, lr=1.0, loraplus_lr_ratio=ratio,
+                                            loraplus_lr_embedding=1.0)
+        ids = {id(p): name for name, p in model.named_parameters()}
+        return {ids[id(p)]: group["lr"] for group in grouped.param_groups for p in group["params"]}
+
+    def adapter_off_is_base(self) -> bool:
+        return self.lora.init not in CHANGES_BASE
 
 
-def save_adapter(model, out):
-    initial = getattr(model, "tuna_initial_adapter", None)
-    model.save_pretrained(out, path_initial_model_for_weight_conversion=str(initial) if initial else None)
+class Dora(Lora):
+    name = "dora"
+    summary = "LoRA with the weight split into magnitude and direction (PEFT use_dora)"
+    paper = "DoRA: Weight-Decomposed Low-Rank Adaptation"
+    variant = {"use_dora": True}
 
 
-def plus_lr_scales(model, recipe) -> dict[str, float]:
-    """LoRA+: B (and PEFT's other group-B tensors) learn `lora.plus_ratio` times faster than A.
-
-    PEFT's grouping is read with lr 1, so each group's lr is a multiplier. Its embedding group takes
-    an absolute lr (1e-6 by default) rather than a multiple: given 1 here, embedding adapters train
-    at the base rate instead of at lr * 1e-6.
-    """
-    ratio = recipe.lora.plus_ratio
-    if not ratio:
-        return {}
-    from peft.optimizers import create_loraplus_optimizer
-
-    grouped = create_loraplus_optimizer(model, torch.optim.SGD, lr=1.0, loraplus_lr_ratio=ratio,
-                                        loraplus_lr_embedding=1.0)
-    ids = {id(p): name for name, p in model.named_parameters()}
-    return {ids[id(p)]: group["lr"] for group in grouped.param_groups for p in group["params"]}
-
-
-KNOBS = "lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.init, lora.plus_ratio, lora.calibration_batches"
-
-
-def lora_method(name: str, summary: str, paper: str, **variant) -> Method:
-    return Method(name=name, summary=summary, paper=paper, knobs=KNOBS, default_lr=2e-4,
-                  prepare=lambda model, recipe, calibration=None: prepare(model, recipe, calibration, **variant),
-                  save_final=save_adapter, lr_scales=plus_lr_scales, adapter_off_is_base=base_is_untouched)
-
-
-def base_is_untouched(recipe) -> bool:
-    return recipe.lora.init not in CHANGES_BASE
-
-
-METHOD = lora_method("lora", "low-rank adapters on linear layers (PEFT); inits pissa|eva|corda_*, LoRA+ by ratio",
-                     "LoRA: Low-Rank Adaptation of Large Language Models")
-DORA = lora_method("dora", "LoRA with the weight split into magnitude and direction (PEFT use_dora)",
-                   "DoRA: Weight-Decomposed Low-Rank Adaptation", use_dora=True)
-RSLORA = lora_method("rslora", "LoRA scaled by alpha/sqrt(r) instead of alpha/r (PEFT use_rslora)",
-                     "A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA", use_rslora=True)
+class Rslora(Lora):
+    name = "rslora"
+    summary = "LoRA scaled by alpha/sqrt(r) instead of alpha/r (PEFT use_rslora)"
+    paper = "A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA"
+    variant = {"use_rslora": True}

@@ -13,11 +13,26 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
 from tuna.errors import UserError
-from tuna.methods.base import Method, decoder_layers
+from tuna.methods.base import Method
+from tuna.models.layers import decoder_layers
 from tuna.models.sparse_delta import save_delta
+from tuna.sections import Section
+
+
+class S2ftKnobs(Section):
+    heads_per_layer: int = Field(2, ge=0, description="attention heads per block whose output-projection columns train")
+    ffn_channels: int = Field(64, ge=0, description="FFN channels per block whose down-projection columns train")
+    seed: int = Field(0, description="seeds the choice of heads and channels")
+
+    @model_validator(mode="after")
+    def _something_trains(self) -> "S2ftKnobs":
+        if self.heads_per_layer == 0 and self.ffn_channels == 0:
+            raise ValueError("s2ft.heads_per_layer and s2ft.ffn_channels are both 0: nothing would train")
+        return self
 
 
 def attach_columns(module: nn.Linear, columns: torch.Tensor) -> None:
@@ -35,9 +50,9 @@ def block_projections(layer) -> tuple[nn.Linear, nn.Linear]:
                         f"{type(layer).__name__} has neither") from None
 
 
-def choose(model, recipe) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def choose(model, cfg: S2ftKnobs) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per block: (o_proj input columns of the chosen heads, down_proj input columns of the chosen channels)."""
-    cfg, config = recipe.s2ft, model.config
+    config = model.config
     heads, head_dim = config.num_attention_heads, getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     channels = config.intermediate_size
     if cfg.heads_per_layer > heads:
@@ -54,33 +69,33 @@ def choose(model, recipe) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return picks
 
 
-def prepare(model, recipe, calibration=None):
-    picks = choose(model, recipe)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for layer, columns in zip(decoder_layers(model), picks):
-        for module, cols in zip(block_projections(layer), columns):
-            if len(cols):
-                attach_columns(module, cols.to(module.weight.device))
-    return model
-
-
 def adapted(model) -> dict[str, nn.Linear]:
     return {name: m for name, m in model.named_modules() if hasattr(m, "s2ft_delta")}
 
 
-def save_final(model, out) -> None:
-    """The trained columns as a sparse delta: flat index row·in + col for every (row, chosen col)."""
-    delta, shapes = {}, {}
-    for name, module in adapted(model).items():
-        rows = torch.arange(module.out_features, device=module.s2ft_columns.device)
-        flat = (rows[:, None] * module.in_features + module.s2ft_columns[None, :]).reshape(-1)
-        delta[f"{name}.weight"] = (flat, module.s2ft_delta.reshape(-1))
-        shapes[f"{name}.weight"] = list(module.weight.shape)
-    save_delta(delta, shapes, out)
+class S2ft(Method):
+    name = "s2ft"
+    summary = "train the output/down-projection columns of a few heads and FFN channels per block"
+    paper = "S²FT: Efficient, Scalable and Generalizable LLM Fine-tuning by Structured Sparsity"
+    default_lr = 2e-4
+    sections = {"s2ft": S2ftKnobs}
 
+    def prepare(self, model, calibration=None):
+        picks = choose(model, self.s2ft)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for layer, columns in zip(decoder_layers(model), picks):
+            for module, cols in zip(block_projections(layer), columns):
+                if len(cols):
+                    attach_columns(module, cols.to(module.weight.device))
+        return model
 
-METHOD = Method(name="s2ft", summary="train the output/down-projection columns of a few heads and FFN channels per block",
-                paper="S²FT: Efficient, Scalable and Generalizable LLM Fine-tuning by Structured Sparsity",
-                knobs="s2ft.heads_per_layer, s2ft.ffn_channels, s2ft.seed", default_lr=2e-4,
-                prepare=prepare, save_final=save_final)
+    def save_final(self, model, out) -> None:
+        """The trained columns as a sparse delta: flat index row·in + col for every (row, chosen col)."""
+        delta, shapes = {}, {}
+        for name, module in adapted(model).items():
+            rows = torch.arange(module.out_features, device=module.s2ft_columns.device)
+            flat = (rows[:, None] * module.in_features + module.s2ft_columns[None, :]).reshape(-1)
+            delta[f"{name}.weight"] = (flat, module.s2ft_delta.reshape(-1))
+            shapes[f"{name}.weight"] = list(module.weight.shape)
+        save_delta(delta, shapes, out)

@@ -13,12 +13,20 @@ the subset stays fixed for the run.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
 from tuna.errors import UserError
-from tuna.methods.base import Method, decoder_layers
+from tuna.methods.base import Method
+from tuna.models.layers import decoder_layers
 from tuna.models.sparse_delta import save_delta
+from tuna.sections import Section
+
+
+class SparseKnobs(Section):
+    density: float = Field(0.01, gt=0.0, le=1.0, description="fraction of the decoder layers' weight entries that train")
+    calibration_batches: int = Field(8, ge=1, description="micro-batches whose gradient chooses the entries")
 
 
 class SparseDelta(nn.Module):
@@ -69,39 +77,37 @@ def attach(model, indices: dict[str, torch.Tensor]) -> None:
         parametrize.register_parametrization(modules[name], "weight", SparseDelta(idx))
 
 
-def prepare(model, recipe, calibration=None):
-    if calibration is None:
-        raise UserError("method sparse needs calibration data to choose its entries")
-    linears = candidate_linears(model)
-    scores = gradient_scores(model, linears, calibration.task(recipe.sparse.calibration_batches))
-    attach(model, choose_indices(scores, recipe.sparse.density))
-    return model
-
-
 def parametrized(model) -> dict[str, SparseDelta]:
     """Module path -> its SparseDelta."""
     return {name: module.parametrizations.weight[0] for name, module in model.named_modules()
             if parametrize.is_parametrized(module, "weight")}
 
 
-def extra_state(model) -> dict:
-    return {name: p.indices.cpu() for name, p in parametrized(model).items()}
+class Sparse(Method):
+    name = "sparse"
+    summary = "train a fixed fraction of weight entries chosen by gradient; saves a sparse delta"
+    paper = ("Scaling Sparse Fine-Tuning to Large Language Models (SpIEL); Composable Sparse Fine-Tuning "
+             "for Cross-Lingual Transfer")
+    default_lr = 2e-4
+    sections = {"sparse": SparseKnobs}
 
+    def prepare(self, model, calibration=None):
+        if calibration is None:
+            raise UserError("method sparse needs calibration data to choose its entries")
+        linears = candidate_linears(model)
+        scores = gradient_scores(model, linears, calibration.task(self.sparse.calibration_batches))
+        attach(model, choose_indices(scores, self.sparse.density))
+        return model
 
-def load_extra_state(model, state: dict) -> None:
-    for name, p in parametrized(model).items():
-        p.indices.copy_(state[name])
+    def extra_state(self, model) -> dict:
+        return {name: p.indices.cpu() for name, p in parametrized(model).items()}
 
+    def load_extra_state(self, model, state: dict) -> None:
+        for name, p in parametrized(model).items():
+            p.indices.copy_(state[name])
 
-def save_final(model, out) -> None:
-    modules, deltas = dict(model.named_modules()), parametrized(model)
-    delta = {f"{name}.weight": (p.indices, p.delta) for name, p in deltas.items()}
-    shapes = {f"{name}.weight": list(modules[name].parametrizations.weight.original.shape) for name in deltas}
-    save_delta(delta, shapes, out)
-
-
-METHOD = Method(name="sparse", summary="train a fixed fraction of weight entries chosen by gradient; saves a sparse delta",
-                paper="Scaling Sparse Fine-Tuning to Large Language Models (SpIEL); Composable Sparse Fine-Tuning "
-                      "for Cross-Lingual Transfer", knobs="sparse.density, sparse.calibration_batches",
-                default_lr=2e-4, prepare=prepare, save_final=save_final, extra_state=extra_state,
-                load_extra_state=load_extra_state)
+    def save_final(self, model, out) -> None:
+        modules, deltas = dict(model.named_modules()), parametrized(model)
+        delta = {f"{name}.weight": (p.indices, p.delta) for name, p in deltas.items()}
+        shapes = {f"{name}.weight": list(modules[name].parametrizations.weight.original.shape) for name in deltas}
+        save_delta(delta, shapes, out)

@@ -6,7 +6,7 @@ RNG. Loaded weights carry transformers' "already initialised" flag, which is cle
 from __future__ import annotations
 
 from tuna.errors import UserError
-from tuna.methods.base import decoder_layers
+from tuna.models.layers import decoder_layers
 
 
 def reinit_top_layers(model, count: int) -> None:

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from tuna.data.kinds import SEQUENCES
+from tuna.models.forward import model_logits
 from tuna.objectives.base import Objective
 from tuna.objectives.dft import dft_terms
-from tuna.objectives.sft import batch_weight, model_logits
+from tuna.sections import Section
+
+
+class AnchoredSftKnobs(Section):
+    kl_beta: float = Field(0.05, ge=0.0, description="weight of KL(policy || starting model) added to the DFT loss")
 
 
 def token_kl(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
@@ -27,12 +34,12 @@ def loss(model, batch: dict, step_weight: float, ctx) -> tuple[torch.Tensor, dic
     logits = model_logits(model, batch)
     weighted, nll = dft_terms(logits, batch["labels"])
     kl = token_kl(logits[:, :-1], ctx.reference(batch)[:, :-1])
-    beta = ctx.recipe.anchored_sft.kl_beta
+    beta = ctx.knobs.kl_beta
     value = ((weighted + beta * kl) * weights).sum() / step_weight
     return value, {"kl": float((kl.detach() * weights).sum() / step_weight),
                    "nll": float((nll.detach() * weights).sum() / step_weight)}
 
 
 OBJECTIVE = Objective(name="anchored_sft", summary="DFT plus beta x KL to the starting model (anchored_sft.kl_beta)",
-                      paper="Anchored Supervised Fine-Tuning", loss=loss, batch_weight=batch_weight,
+                      paper="Anchored Supervised Fine-Tuning", kind=SEQUENCES, loss=loss, knobs=AnchoredSftKnobs,
                       needs_reference=True)

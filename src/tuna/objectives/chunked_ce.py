@@ -19,16 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tuna.data.render import IGNORE
 from tuna.errors import UserError
+from tuna.models.forward import IGNORE, MODEL_INPUTS
+from tuna.models.layers import unwrapped
 
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
 
 
 def decoder_and_head(model):
-    """The model's decoder stack and its output head, reached through any PEFT wrapper (adapters are
-    injected in place, so they still act)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    """The model's decoder stack and its output head, reached through any PEFT wrapper."""
+    base = unwrapped(model)
     changed = [name for name in LOGIT_TRANSFORMS if getattr(base.config, name, None) not in (None, 1, 1.0)]
     if changed:
         raise UserError(f"train.loss_chunk_tokens: {type(base).__name__} transforms its logits ({changed[0]}); "
@@ -55,9 +55,7 @@ def fused_kernel(device: torch.device):
 
 
 def chunked_token_losses(model, batch: dict, chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """As `sft.token_losses`: (B, T-1) per-position losses (0 where ignored) and the mask that counts."""
-    from tuna.objectives.sft import MODEL_INPUTS
-
+    """As `models.forward.token_losses`: (B, T-1) per-position losses (0 where ignored) and the mask that counts."""
     decoder, head = decoder_and_head(model)
     hidden = decoder(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from tuna.objectives.base import Objective
-from tuna.objectives.sft import batch_weight, model_logits, next_token_losses
+from tuna.data.kinds import SEQUENCES
+from tuna.models.forward import model_logits, next_token_losses
+from tuna.objectives.base import PLAIN, Objective
 
 
 def dft_terms(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,7 +20,7 @@ def dft_terms(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return torch.exp(-losses.detach()) * losses, losses
 
 
-def loss(model, batch: dict, step_weight: float, ctx=None) -> tuple[torch.Tensor, dict]:
+def loss(model, batch: dict, step_weight: float, ctx=PLAIN) -> tuple[torch.Tensor, dict]:
     weighted, nll = dft_terms(model_logits(model, batch), batch["labels"])
     weights = batch["weights"][:, 1:]
     return (weighted * weights).sum() / step_weight, {"nll": float((nll.detach() * weights).sum() / step_weight)}
@@ -27,4 +28,4 @@ def loss(model, batch: dict, step_weight: float, ctx=None) -> tuple[torch.Tensor
 
 OBJECTIVE = Objective(name="dft", summary="SFT with each token's loss weighted by its stop-gradient probability",
                       paper="On the Generalization of SFT: A Reinforcement Learning Perspective with Reward "
-                            "Rectification (Dynamic Fine-Tuning)", loss=loss, batch_weight=batch_weight)
+                            "Rectification (Dynamic Fine-Tuning)", kind=SEQUENCES, loss=loss)

@@ -16,12 +16,23 @@ before training (`objectives.reference_logps`) and carried by the batches.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from tuna.data.kinds import PAIRS
+from tuna.models.forward import answer_logps, model_logits
 from tuna.objectives.base import Objective
-from tuna.objectives.pairwise import answer_logps, batch_weight, pair_stats, reference_answer_logps
-from tuna.objectives.sft import model_logits
+from tuna.objectives.pairwise import pair_stats, reference_answer_logps
+from tuna.sections import Section
+
+
+class DpoKnobs(Section):
+    beta: float = Field(0.1, gt=0.0, description="strength of the pull towards the starting model (DPO's beta, IPO's tau)")
+    loss: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="sigmoid (DPO), ipo (squared distance to "
+                                                     "1/(2 beta)) or hinge (SLiC: max(0, 1 - beta h))")
 
 
 def pair_losses(h: torch.Tensor, beta: float, kind: str) -> torch.Tensor:
@@ -33,7 +44,7 @@ def pair_losses(h: torch.Tensor, beta: float, kind: str) -> torch.Tensor:
 
 
 def loss(model, batch: dict, step_weight: float, ctx) -> tuple[torch.Tensor, dict]:
-    knobs = ctx.recipe.dpo
+    knobs = ctx.knobs
     logps, _ = answer_logps(model_logits(model, batch), batch["labels"])
     chosen_ratio, rejected_ratio = (logps - reference_answer_logps(batch, ctx)).chunk(2)
     value = pair_losses(chosen_ratio - rejected_ratio, knobs.beta, knobs.loss).sum() / step_weight
@@ -46,5 +57,4 @@ OBJECTIVE = Objective(name="dpo", summary="preference pairs: DPO, IPO or hinge l
                                           "(dpo.loss, dpo.beta)",
                       paper="Direct Preference Optimization: Your Language Model is Secretly a Reward Model; "
                             "A General Theoretical Paradigm to Understand Learning from Human Preferences (IPO)",
-                      loss=loss, batch_weight=batch_weight, needs_reference=True, pairs=True,
-                      reference_per_sequence=True)
+                      kind=PAIRS, loss=loss, knobs=DpoKnobs, needs_reference=True, reference_per_sequence=True)

@@ -16,12 +16,13 @@ contributes only the KL term.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+from pydantic import Field, model_validator
 
-from tuna.data.render import IGNORE
+from tuna.data.kinds import PROMPTS
+from tuna.models.forward import IGNORE, model_logits
+from tuna.models.generate import generate_ids
 from tuna.objectives.base import Objective
-from tuna.objectives.rewards import RewardErrors, check_records, score
-from tuna.objectives.sft import model_logits
+from tuna.objectives.rewards import RewardErrors, RewardKnobs, check_records, score
 
 EPSILON = 1e-4
 
@@ -46,33 +47,6 @@ def policy_loss(logps: torch.Tensor, reference_logps: torch.Tensor, advantages: 
     return per_token.sum(1) / lengths, ((kl * mask).sum(1) / lengths).detach()
 
 
-@torch.no_grad()
-def sample_completions(model, prompt_ids: list[list[int]], *, group: int, max_new_tokens: int, temperature: float,
-                       top_p: float, pad_id: int, eos_id: int, sample: bool = True) -> list[list[int]]:
-    """`group` sampled completions per prompt (prompt-major), each cut after its first EOS; greedy
-    (one per prompt) when `sample` is False."""
-    device = next(model.parameters()).device
-    width = max(map(len, prompt_ids))
-    input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(input_ids)
-    for row, ids in enumerate(prompt_ids):  # left padding: generation continues from the right edge
-        input_ids[row, width - len(ids):] = torch.tensor(ids)
-        attention[row, width - len(ids):] = 1
-    was_training = model.training
-    model.eval()
-    try:
-        options = dict(do_sample=True, temperature=temperature, top_p=top_p, num_return_sequences=group) if sample \
-            else dict(do_sample=False)
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                             max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id, **options)
-    finally:
-        model.train(was_training)
-    completions = []
-    for row in out[:, width:].tolist():
-        completions.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
-    return completions
-
-
 def sequence_batch(prompt_ids: list[list[int]], completions: list[list[int]], group: int, pad_id: int) -> dict:
     """Prompt + completion rows, right-padded, labelled on the completion only."""
     rows = [(prompt_ids[i // group], c) for i, c in enumerate(completions)]
@@ -95,12 +69,29 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     return logps * mask, mask.float()
 
 
+class GrpoKnobs(RewardKnobs):
+    group_size: int = Field(4, ge=2, description="completions sampled per prompt; advantages are normalised within them")
+    max_new_tokens: int = Field(32, ge=1, description="longest sampled completion")
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    kl_beta: float = Field(0.04, ge=0.0, description="weight of the per-token KL to the starting model (paper: 0.04)")
+    clip: float = Field(0.2, gt=0.0, description="ratio clip epsilon")
+    rewards: list[str] = Field(["exact_match"], min_length=1, description="built-in reward names or module:function")
+    reward_weights: list[float] | None = Field(None, description="one weight per reward; unset: all 1")
+
+    @model_validator(mode="after")
+    def _one_weight_per_reward(self) -> "GrpoKnobs":
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ValueError(f"grpo.reward_weights has {len(self.reward_weights)} values for {len(self.rewards)} rewards")
+        return self
+
+
 def loss(model, batch: dict, step_weight: float, ctx) -> tuple[torch.Tensor, dict]:
-    knobs, tokenizer = ctx.recipe.grpo, ctx.tokenizer
+    knobs, tokenizer = ctx.knobs, ctx.tokenizer
     group = knobs.group_size
-    completions = sample_completions(model, batch["prompt_ids"], group=group, max_new_tokens=knobs.max_new_tokens,
-                                     temperature=knobs.temperature, top_p=knobs.top_p,
-                                     pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
+    completions = generate_ids(model, batch["prompt_ids"], sample=True, group=group, max_new_tokens=knobs.max_new_tokens,
+                               temperature=knobs.temperature, top_p=knobs.top_p,
+                               pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
     texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
     examples = [batch["examples"][i // group] for i in range(len(completions))]
     indices = [batch["indices"][i // group] for i in range(len(completions))]
@@ -129,36 +120,17 @@ def total_rewards(texts: list[str], examples: list[dict], indices: list[int], kn
     return score(knobs.rewards, weights, texts, examples, indices, knobs, errors)
 
 
-def batch_weight(batch: dict) -> float:
-    return float(len(batch["prompt_ids"]))
+def reward(texts: list[str], items: list, ctx) -> list[float]:
+    """The weighted rewards of answers to prompt items (held-out scoring, `data.kinds.PROMPTS`)."""
+    return total_rewards(texts, [i.record for i in items], [i.index for i in items], ctx.knobs, ctx.reward_errors)
 
 
-def greedy_batches(model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int, batch_size: int,
-                   progress: bool = False, desc: str = "greedy answers"):
-    """Yield (start, the decoded greedy answers to prompts start, start+1, ...) for each batch, in order,
-    so a caller can score a batch before the next is generated."""
-    for start in tqdm(range(0, len(prompt_ids), batch_size), desc=desc, disable=not progress, leave=False):
-        completions = sample_completions(model, prompt_ids[start : start + batch_size], group=1,
-                                         max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0,
-                                         pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, sample=False)
-        yield start, tokenizer.batch_decode(completions, skip_special_tokens=True)
-
-
-def heldout_reward(model, tokenizer, items: list, knobs, errors: RewardErrors, batch_size: int) -> dict:
-    """Mean reward of greedy answers to held-out prompts: did the policy improve where it did not train?"""
-    total = 0.0
-    for start, texts in greedy_batches(model, tokenizer, [i.input_ids for i in items],
-                                       max_new_tokens=knobs.max_new_tokens, batch_size=batch_size):
-        chunk = items[start : start + len(texts)]
-        total += sum(total_rewards(texts, [i.record for i in chunk], [i.index for i in chunk], knobs, errors))
-    return {"reward": total / max(len(items), 1)}
-
-
-def check_data(recipe, items: list) -> None:
-    check_records(recipe.grpo.rewards, [item.record for item in items])
+def check_data(knobs, items: list) -> None:
+    check_records(knobs.rewards, [item.record for item in items])
 
 
 OBJECTIVE = Objective(name="grpo", summary="group relative policy optimisation on sampled completions, scored by "
                                            "reward functions (grpo.*)",
                       paper="DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models",
-                      loss=loss, batch_weight=batch_weight, needs_reference=True, prompts=True, check_data=check_data)
+                      kind=PROMPTS, loss=loss, knobs=GrpoKnobs, needs_reference=True, check_data=check_data,
+                      reward=reward)

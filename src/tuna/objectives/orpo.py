@@ -13,10 +13,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from tuna.data.kinds import PAIRS
 from tuna.objectives.base import Objective
-from tuna.objectives.pairwise import batch_weight, pair_stats
+from tuna.objectives.pairwise import pair_stats
 from tuna.objectives.simpo import mean_answer_logps
+from tuna.sections import Section
+
+
+class OrpoKnobs(Section):
+    beta: float = Field(0.1, ge=0.0, description="weight of the odds-ratio term added to the chosen NLL (lambda in the paper)")
 
 
 def log_odds(mean_logps: torch.Tensor) -> torch.Tensor:
@@ -26,7 +33,7 @@ def log_odds(mean_logps: torch.Tensor) -> torch.Tensor:
 
 
 def loss(model, batch: dict, step_weight: float, ctx) -> tuple[torch.Tensor, dict]:
-    beta = ctx.recipe.orpo.beta
+    beta = ctx.knobs.beta
     chosen, rejected = mean_answer_logps(model, batch).chunk(2)
     ratio = log_odds(chosen) - log_odds(rejected)
     value = (-chosen - beta * F.logsigmoid(ratio)).sum() / step_weight
@@ -37,5 +44,5 @@ def loss(model, batch: dict, step_weight: float, ctx) -> tuple[torch.Tensor, dic
 
 OBJECTIVE = Objective(name="orpo", summary="preference pairs, reference-free: chosen NLL + beta x odds-ratio loss "
                                            "(orpo.beta)",
-                      paper="ORPO: Monolithic Preference Optimization without Reference Model", loss=loss,
-                      batch_weight=batch_weight, pairs=True)
+                      paper="ORPO: Monolithic Preference Optimization without Reference Model", kind=PAIRS,
+                      loss=loss, knobs=OrpoKnobs)

@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from tuna.objectives.sft import model_logits
+from tuna.models.forward import model_logits
 
 
 def frozen_copy(model):

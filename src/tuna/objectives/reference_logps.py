@@ -27,8 +27,7 @@ from safetensors.torch import save_file
 
 from tuna.data.batch import eval_pair_batches
 from tuna.data.preference import Pair
-from tuna.objectives.pairwise import answer_logps
-from tuna.objectives.sft import model_logits
+from tuna.models.forward import answer_logps, evaluating, model_logits
 
 CACHE = "reference_logps.safetensors"
 
@@ -47,19 +46,16 @@ def fingerprint(model, splits: dict[str, list[Pair]], precision: str) -> str:
     return digest.hexdigest()
 
 
-@torch.no_grad()
 def compute(model, pairs: list[Pair], *, batch_size: int, pad_id: int, device: torch.device,
             autocast=contextlib.nullcontext) -> torch.Tensor:
     """(len(pairs), 2): each pair's summed (chosen, rejected) answer log-probs under `model`."""
-    was_training = model.training
-    model.eval()
     values = torch.zeros(len(pairs), 2)
-    for indices, batch in eval_pair_batches(pairs, batch_size, pad_id):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast():
-            logps, _ = answer_logps(model_logits(model, batch), batch["labels"])
-        values[indices] = torch.stack(logps.float().cpu().chunk(2), dim=1)
-    model.train(was_training)
+    with evaluating(model):
+        for indices, batch in eval_pair_batches(pairs, batch_size, pad_id):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast():
+                logps, _ = answer_logps(model_logits(model, batch), batch["labels"])
+            values[indices] = torch.stack(logps.float().cpu().chunk(2), dim=1)
     return values
 
 

@@ -23,8 +23,21 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from pydantic import Field
+
 from tuna.errors import UserError
 from tuna.eval.scorers import json_valid as parses_as_json, without_fences
+from tuna.sections import Section
+
+
+class RewardKnobs(Section):
+    """What the reward functions read: GRPO's rewards and S3FT's judge."""
+
+    answer_pattern: str | None = Field(None, description="exact_match compares this regex's first group (unset: "
+                                       "the whole completion)")
+    reward_pattern: str = Field(r"^\s*-?\d+\s*$", description="the `regex` reward: 1 where this matches")
+    length_target: int = Field(200, ge=1, description="length_penalty: characters allowed before the penalty")
+    max_reward_errors: int = Field(10, ge=0, description="reward failures (raise / non-number) tolerated before stopping")
 
 
 def _normalise(text: str) -> str:

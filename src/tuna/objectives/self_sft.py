@@ -18,15 +18,25 @@ import json
 from pathlib import Path
 
 from tuna.atomic import atomic_write_text
+from pydantic import Field
+
 from tuna.data.formats import answer_of, detect_format, with_answer
+from tuna.data.kinds import SEQUENCES
 from tuna.data.prompts import render_prompts
 from tuna.errors import UserError
+from tuna.models.generate import greedy_batches
 from tuna.objectives import sft
 from tuna.objectives.base import Objective
-from tuna.objectives.grpo import greedy_batches
-from tuna.objectives.rewards import check_records, score
+from tuna.objectives.rewards import RewardKnobs, check_records, score
 
 JUDGEMENTS = "self_sft.jsonl"
+
+
+class SelfSftKnobs(RewardKnobs):
+    judge: list[str] = Field(["exact_match"], min_length=1, description="reward functions (built-in names or "
+                             "module:function) that judge the model's own response; their sum is its score")
+    accept_at: float = Field(1.0, description="a response whose score reaches this replaces the gold response")
+    max_new_tokens: int = Field(256, ge=1, description="longest generated response")
 
 
 def judge_own_responses(records: list[dict], fmt: str, model, tokenizer, knobs, errors, *, max_tokens: int,
@@ -56,19 +66,19 @@ def apply_judgements(records: list[dict], fmt: str, judgements: list[dict]) -> l
     return [with_answer(r, fmt, accepted[i]) if i in accepted else r for i, r in enumerate(records)]
 
 
-def rewrite_train(records: list[dict], recipe, model, tokenizer, *, run_dir: Path, errors, resume: bool = False,
-                  say=print) -> tuple[list[dict], str]:
+def rewrite_train(records: list[dict], knobs: SelfSftKnobs, model, tokenizer, *, data_format: str, max_tokens: int,
+                  batch_size: int, run_dir: Path, errors, resume: bool = False, say=print) -> tuple[list[dict], str]:
     """The training records S3FT trains on, and a note of how many it replaced. A resumed run reuses
     the judgements saved by its first start; a new run always judges afresh."""
-    fmt = detect_format(records) if recipe.data.format == "auto" else recipe.data.format
+    fmt = detect_format(records) if data_format == "auto" else data_format
     if fmt not in ("messages", "instruction", "prompt_completion"):
         raise UserError(f"objective self_sft needs prompts with gold responses (messages, instruction or "
                         f"prompt_completion data), not {fmt!r}")
     path = Path(run_dir) / JUDGEMENTS
     judgements = read_judgements(path, records, fmt) if resume else None
     if judgements is None:
-        judgements = judge_own_responses(records, fmt, model, tokenizer, recipe.self_sft, errors,
-                                         max_tokens=recipe.data.max_tokens, batch_size=recipe.eval.batch_size)
+        judgements = judge_own_responses(records, fmt, model, tokenizer, knobs, errors, max_tokens=max_tokens,
+                                         batch_size=batch_size)
         write_judgements(path, judgements)
     else:
         say(f"self_sft: judgements read from {path}")
@@ -95,4 +105,4 @@ def write_judgements(path: Path, judgements: list[dict]) -> None:
 OBJECTIVE = Objective(name="self_sft", summary="SFT on the model's own responses where a judge accepts them, gold "
                                                "responses elsewhere (self_sft.*)",
                       paper="Selective Self-to-Supervised Fine-Tuning for Generalization in Large Language Models",
-                      loss=sft.loss, batch_weight=sft.batch_weight, rewrite_train=rewrite_train)
+                      kind=SEQUENCES, loss=sft.loss, knobs=SelfSftKnobs, chunked_loss=True, rewrite_train=rewrite_train)

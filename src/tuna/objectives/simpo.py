@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from tuna.data.kinds import PAIRS
+from tuna.models.forward import answer_logps, model_logits
 from tuna.objectives.base import Objective
-from tuna.objectives.pairwise import answer_logps, batch_weight, pair_stats
-from tuna.objectives.sft import model_logits
+from tuna.objectives.pairwise import pair_stats
+from tuna.sections import Section
+
+
+class SimpoKnobs(Section):
+    beta: float = Field(2.0, gt=0.0, description="scale of the length-normalised reward")
+    gamma: float = Field(1.0, ge=0.0, description="target reward margin (gamma/beta = 0.5 by default)")
 
 
 def mean_answer_logps(model, batch: dict) -> torch.Tensor:
@@ -22,7 +30,7 @@ def mean_answer_logps(model, batch: dict) -> torch.Tensor:
 
 
 def loss(model, batch: dict, step_weight: float, ctx) -> tuple[torch.Tensor, dict]:
-    knobs = ctx.recipe.simpo
+    knobs = ctx.knobs
     chosen, rejected = mean_answer_logps(model, batch).chunk(2)
     value = -F.logsigmoid(knobs.beta * (chosen - rejected) - knobs.gamma).sum() / step_weight
     chosen, rejected = chosen.detach(), rejected.detach()
@@ -31,5 +39,5 @@ def loss(model, batch: dict, step_weight: float, ctx) -> tuple[torch.Tensor, dic
 
 OBJECTIVE = Objective(name="simpo", summary="preference pairs, reference-free: length-normalised rewards with a "
                                             "target margin (simpo.beta, simpo.gamma)",
-                      paper="SimPO: Simple Preference Optimization with a Reference-Free Reward", loss=loss,
-                      batch_weight=batch_weight, pairs=True)
+                      paper="SimPO: Simple Preference Optimization with a Reference-Free Reward", kind=PAIRS,
+                      loss=loss, knobs=SimpoKnobs)

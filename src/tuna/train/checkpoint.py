@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from tuna.atomic import atomic_directory
 from tuna.errors import UserError
-from tuna.methods.base import named_state
+from tuna.models.layers import named_state
 
 WEIGHTS = "trainable.safetensors"
 STATE = "state.pt"

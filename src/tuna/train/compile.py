@@ -8,22 +8,12 @@ that to a few recompiles for variable-length batches.
 """
 from __future__ import annotations
 
-import torch
-
-from tuna.errors import UserError
-
-
-def decoder_blocks(model) -> torch.nn.ModuleList:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    blocks = getattr(base.get_decoder(), "layers", None)
-    if not isinstance(blocks, torch.nn.ModuleList):
-        raise UserError(f"train.compile: cannot find the decoder blocks of {type(base).__name__}; unset train.compile")
-    return blocks
+from tuna.models.layers import decoder_layers
 
 
 def compile_blocks(model) -> int:
     """Compile every decoder block in place; returns how many."""
-    blocks = decoder_blocks(model)
+    blocks = decoder_layers(model)
     for block in blocks:
         block.compile(dynamic=True)
     return len(blocks)

@@ -39,9 +39,9 @@ import torch.distributed as dist
 
 from tuna.atomic import atomic_directory
 from tuna.errors import UserError
+from tuna.methods import REGISTRY as METHODS
 from tuna.train import checkpoint
 
-SHARDED_METHODS = ("full", "freeze", "lora", "dora", "rslora")  # whose training is the model's own forward/backward
 BUCKET_ELEMENTS = 2**24  # gradients are all-reduced in flat buckets of at most this many elements
 SHUTDOWN_SECONDS = 300  # after a Ctrl-C, how long torchrun lets the ranks finish the step and checkpoint
 
@@ -95,15 +95,16 @@ class Dist:
                             "(its reference is the adapter switched off)")
         if self.mode != "fsdp":
             return
-        if method.name not in SHARDED_METHODS:
-            raise UserError(f"train.distributed: fsdp shards the methods {', '.join(SHARDED_METHODS)}; method "
+        if not method.shardable:
+            shardable = [name for name, m in METHODS.items() if m.shardable]
+            raise UserError(f"train.distributed: fsdp shards the methods {', '.join(shardable)}; method "
                             f"{method.name} needs train.distributed: ddp")
         if recipe.train.loss_chunk_tokens:
             raise UserError("train.loss_chunk_tokens runs the decoder outside the sharded model's forward; unset it "
                             "or use train.distributed: ddp")
-        if objective.prompts:
-            raise UserError(f"objective {objective.name} samples completions of different lengths on each rank, "
-                            "which sharded forward passes cannot follow; use train.distributed: ddp")
+        if objective.kind.varies_by_rank:
+            raise UserError(f"objective {objective.name} {objective.kind.varies_by_rank}, which sharded forward "
+                            "passes cannot follow; use train.distributed: ddp")
         if precision == "fp16":
             raise UserError("train.distributed: fsdp does not take fp16 (its loss scaler would skip a step on some "
                             "ranks only); use train.precision: bf16")
@@ -115,7 +116,7 @@ class Dist:
             return
         from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-        from tuna.methods.base import decoder_layers
+        from tuna.models.layers import decoder_layers
         from tuna.train.device import DTYPES
 
         policy = MixedPrecisionPolicy(param_dtype=DTYPES[precision], reduce_dtype=torch.float32) \

@@ -1,4 +1,7 @@
-"""The training loop. It knows methods and objectives only through their registries.
+"""The training loop, read top to bottom: setup, a step, evaluation, checkpoints, the run.
+
+It knows methods and objectives only through their interfaces (`methods.base`, `objectives.base`)
+and the objective's data kind (`data.kinds`); it never asks which one runs.
 
 One optimizer step = `grad_accum` micro-batches; the loss is normalised by the step's total loss
 weight (target tokens, or sequences with `train.loss_weighting: sequence`) so accumulation is exact. Checkpoints happen only at step boundaries; Ctrl-C asks the loop to
@@ -16,7 +19,9 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,28 +32,28 @@ from tuna.atomic import atomic_directory
 from tuna.config import Recipe
 from tuna.data.batch import TrainBatches, real_tokens
 from tuna.data.calibration import build_calibration
-from tuna.data.dataset import load_splits
+from tuna.data.dataset import Splits, load_splits
 from tuna.data.mask_thought import mask_thought, mask_token_id
 from tuna.errors import UserError
-from tuna.eval.perplexity import heldout_loss
-from tuna.methods import REGISTRY as METHODS
-from tuna.methods.base import count_parameters, trainable_names
+from tuna.methods import build as build_method
+from tuna.methods.base import Method
 from tuna.models.attention import use_packed_attention
+from tuna.models.forward import token_losses
+from tuna.models.layers import count_parameters, trainable_names
 from tuna.models.load import load_base
 from tuna.models.reinit import check_reinitialised_layers_train, reinit_top_layers
 from tuna.models.rope import apply_rope_scaling
 from tuna.objectives import REGISTRY as OBJECTIVES
-from tuna.objectives.base import ObjectiveContext
-from tuna.objectives.grpo import heldout_reward
-from tuna.objectives.pairwise import heldout_preference
-from tuna.objectives.rewards import RewardErrors
+from tuna.objectives.base import Objective, ObjectiveContext
+from tuna.objectives.chunked_ce import chunked_token_losses
 from tuna.objectives.reference import frozen_copy, reference_logits
 from tuna.objectives.reference_logps import attach_reference_logps
+from tuna.objectives.rewards import RewardErrors, RewardKnobs
 from tuna.report.run_report import write_run_report
 from tuna.train import checkpoint, distributed
+from tuna.train.compile import compile_blocks
 from tuna.train.device import (autocast, explain_out_of_memory, resolve_device, resolve_precision,
                                saved_tensors)
-from tuna.train.compile import compile_blocks
 from tuna.train.metrics import MetricsLog
 from tuna.train.neftune import add_neftune
 from tuna.train.optim import build_optimizer, check_available, clip_gradients, optimizer_kind
@@ -128,52 +133,124 @@ def prepare_run_dir(recipe: Recipe, resume: bool, dist: distributed.Dist) -> Pat
 def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunResult:
     """Train `recipe`, as one process or as this process's rank of a torchrun launch."""
     with distributed.session(recipe.train.distributed, resolve_device(recipe.train.device)) as dist:
-        return train_rank(recipe, dist, resume=resume, progress=progress)
+        run = setup(recipe, dist, resume=resume)
+        return fit(run, progress=progress)
 
 
-def train_rank(recipe: Recipe, dist: distributed.Dist, *, resume: bool, progress: bool) -> RunResult:
+@dataclass
+class Run:
+    """What `setup` builds for one run; a step, an evaluation and a checkpoint read and advance it."""
+    recipe: Recipe
+    dist: distributed.Dist
+    run_dir: Path
+    precision: str
+    method: Method
+    objective: Objective
+    model: torch.nn.Module
+    tokenizer: object
+    splits: Splits
+    ctx: ObjectiveContext
+    batches: TrainBatches
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler | None
+    trained: list[str]  # what the optimizer owns and checkpoints hold, whatever a step trains
+    max_steps: int
+    global_batch: int  # examples (or pairs, prompts, rows) in one step, over all processes
+    say: Callable[[str], None]
+    step: int = 0
+    tokens: int = 0
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / rundir.CHECKPOINTS
+
+
+# setup -------------------------------------------------------------------------------------------------------
+
+def setup(recipe: Recipe, dist: distributed.Dist, *, resume: bool) -> Run:
+    """Model, method, data, optimizer and, with `resume`, the state of the last checkpoint."""
     cfg = recipe.train
-    device = dist.device
-    precision = resolve_precision(cfg.precision, device)
-    method, objective = METHODS[recipe.method], OBJECTIVES[recipe.objective]
+    precision = resolve_precision(cfg.precision, dist.device)
+    method, objective = build_method(recipe), OBJECTIVES[recipe.objective]
     check_installed(cfg.report_to)  # before any slow work
     check_available(recipe.optim)
     run_dir = prepare_run_dir(recipe, resume, dist)
     say = (lambda msg: print(f"tuna: {msg}", file=sys.stderr)) if dist.main else (lambda msg: None)
-
     seed_everything(cfg.seed)
     model, tokenizer = load_base(recipe.model.name)
     if recipe.model.rope_scaling:
         apply_rope_scaling(model, recipe.model.rope_scaling)
-    adapter_reference = method.adapter_off_is_base is not None and method.adapter_off_is_base(recipe)
+    model, splits, ctx = prepare_model_and_data(recipe, dist, method, objective, model, tokenizer, run_dir,
+                                                precision=precision, resume=resume, say=say)
+    trained = trainable_names(model)
+    dist.shard(model, precision)  # fsdp: before the optimizer, which must hold the sharded parameters
+    batches = TrainBatches(splits.train, objective.kind, batching=recipe.data.batching, batch_size=cfg.micro_batch_size,
+                           max_tokens=recipe.data.max_tokens, weighting=cfg.loss_weighting,
+                           pad_id=tokenizer.pad_token_id, seed=cfg.seed)
+    max_steps = cfg.max_steps or math.ceil(cfg.epochs * batches.batches_per_epoch / (cfg.grad_accum * dist.world))
+    optimizer = build_optimizer(model, recipe, method, cfg.lr or method.default_lr)
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(SCHEDULES[cfg.schedule], optimizer, num_warmup_steps=round(cfg.warmup_ratio * max_steps),
+                              num_training_steps=max_steps)
+    run = Run(recipe, dist, run_dir, precision, method, objective, model, tokenizer, splits, ctx, batches, optimizer,
+              scheduler, torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None, trained, max_steps,
+              cfg.micro_batch_size * cfg.grad_accum * dist.world, say)
+    if dist.world > 1:  # each rank its own dropout, noise and sampling streams; the data plan stays shared
+        seed_everything(cfg.seed * 1_000_003 + dist.rank + 1)
+    if resume:
+        restore(run)
+    begin_step(run)
+    describe(run)
+    return run
+
+
+def prepare_model_and_data(recipe: Recipe, dist, method: Method, objective: Objective, model, tokenizer,
+                           run_dir: Path, *, precision: str, resume: bool, say) -> tuple:
+    """The model the method prepared, the rendered splits, and the objective's context."""
+    device = dist.device
+    adapter_reference = method.adapter_off_is_base()
     # A per-sequence reference without an adapter to switch off is computed once, below: no live copy.
     precomputed_reference = objective.reference_per_sequence and not adapter_reference
     live_reference = objective.needs_reference and not precomputed_reference
     dist.check(recipe, method, objective, precomputed_reference=precomputed_reference, precision=precision)
     frozen = frozen_copy(model).to(device) if live_reference and not adapter_reference else None
-    knobs = getattr(recipe, objective.name, None)  # an objective's knob section shares its name
-    reward_errors = RewardErrors(getattr(knobs, "max_reward_errors", 0))
+    knobs = getattr(recipe, objective.name) if objective.knobs else None
+    reward_errors = RewardErrors(knobs.max_reward_errors) if isinstance(knobs, RewardKnobs) else None
     rewrite = None
     if objective.rewrite_train:
         model.to(device)
-        rewrite = lambda records: objective.rewrite_train(records, recipe, model, tokenizer, run_dir=run_dir,
-                                                          errors=reward_errors, resume=resume, say=say)
-    splits = load_splits(recipe.data, tokenizer, cfg.seed, pairs=objective.pairs, prompts=objective.prompts,
-                         rewrite_train=rewrite)
+        rewrite = lambda records: objective.rewrite_train(
+            records, knobs, model, tokenizer, data_format=recipe.data.format, max_tokens=recipe.data.max_tokens,
+            batch_size=recipe.eval.batch_size, run_dir=run_dir, errors=reward_errors, resume=resume, say=say)
+    splits = load_splits(recipe.data, tokenizer, recipe.train.seed, objective.kind, rewrite_train=rewrite)
     if objective.check_data:
-        objective.check_data(recipe, splits.train + splits.eval)
+        objective.check_data(knobs, splits.train + splits.eval)
     if precomputed_reference:
         model.to(device)
         attach_reference_logps(model, {"train": splits.train, "eval": splits.eval}, run_dir,
                                precision=precision, say=say, batch_size=recipe.eval.batch_size,
                                pad_id=tokenizer.pad_token_id, device=device, autocast=lambda: autocast(precision, device))
+    model = prepare_method(recipe, method, model, tokenizer, splits, device)
+    chunk = recipe.train.loss_chunk_tokens
+    ctx = ObjectiveContext(knobs, reference_logits(model, frozen) if live_reference else None, tokenizer=tokenizer,
+                           reward_errors=reward_errors,
+                           token_losses=partial(chunked_token_losses, chunk_tokens=chunk) if chunk else token_losses)
+    return model, splits, ctx
+
+
+def prepare_method(recipe: Recipe, method: Method, model, tokenizer, splits: Splits, device: torch.device):
+    """The model on its device, shaped by the method and by the knobs that go with any method."""
+    cfg = recipe.train
     if recipe.init.reinit_top_layers:
         reinit_top_layers(model, recipe.init.reinit_top_layers)
     model.to(device)
     if recipe.data.batching == "packed":
         use_packed_attention(model)
-    calibration = build_calibration(splits.train_sequences(), tokenizer, cfg.micro_batch_size, device, cfg.seed)
-    model = method.prepare(model, recipe, calibration)
+    calibration = build_calibration(splits.train_sequences(), tokenizer, cfg.micro_batch_size, device, cfg.seed,
+                                    recipe.data.max_tokens)
+    model = method.prepare(model, calibration)
     if recipe.init.reinit_top_layers:
         check_reinitialised_layers_train(model, recipe.init.reinit_top_layers, method.name)
     if cfg.gradient_checkpointing:
@@ -183,171 +260,198 @@ def train_rank(recipe: Recipe, dist: distributed.Dist, *, resume: bool, progress
     if cfg.compile:
         compile_blocks(model)
     model.train()
-    ctx = ObjectiveContext(recipe, reference_logits(model, frozen) if live_reference else None, tokenizer=tokenizer,
-                           reward_errors=reward_errors)
-    trained = trainable_names(model)  # what the optimizer owns and checkpoints hold, whatever a step trains
-    dist.shard(model, precision)  # fsdp: before the optimizer, which must hold the sharded parameters
+    return model
 
-    batches = TrainBatches(splits.train, batching=recipe.data.batching, batch_size=cfg.micro_batch_size,
-                           max_tokens=recipe.data.max_tokens, weighting=cfg.loss_weighting,
-                           pad_id=tokenizer.pad_token_id, seed=cfg.seed)
-    global_batch = cfg.micro_batch_size * cfg.grad_accum * dist.world  # one step, over all processes
-    max_steps = cfg.max_steps or math.ceil(cfg.epochs * batches.batches_per_epoch / (cfg.grad_accum * dist.world))
-    optimizer = build_optimizer(model, recipe, method, cfg.lr or method.default_lr)
-    from transformers import get_scheduler
 
-    scheduler = get_scheduler(SCHEDULES[cfg.schedule], optimizer, num_warmup_steps=round(cfg.warmup_ratio * max_steps),
-                              num_training_steps=max_steps)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    step, tokens = 0, 0
-    ckpt_dir = run_dir / rundir.CHECKPOINTS
-    if dist.world > 1:  # each rank its own dropout, noise and sampling streams; the data plan stays shared
-        seed_everything(cfg.seed * 1_000_003 + dist.rank + 1)
-    kind = optimizer_kind(recipe.optim)
-    if resume:
-        latest = checkpoint.checkpoints(ckpt_dir)[-1]
-        state = dist.load_checkpoint(latest, model, optimizer, trained, kind)  # with this rank's RNG states
-        if distributed.optimizer_kind_of(state) != kind:
-            say(f"the checkpoint holds {distributed.optimizer_kind_of(state)} optimizer state and this run uses "
+def describe(run: Run) -> None:
+    cfg, say = run.recipe.train, run.say
+    trainable, total = count_parameters(run.model)
+    say(f"model {run.recipe.model.name} | method {run.method.name}: {trainable:,} of {total:,} parameters train "
+        f"({100 * trainable / total:.2f}%) | device {run.dist.device}, {run.precision} | peak memory so far "
+        f"{peak_memory_mb(run.dist.device):,.0f} MiB")
+    say(f"data: train {run.splits.train_stats.summary()}"
+        + (f"; eval {run.splits.eval_stats.summary()}" if run.splits.eval_stats else "; no eval split"))
+    unit = run.objective.kind.unit
+    if run.recipe.data.batching == "packed":
+        unit = f"rows of {run.recipe.data.max_tokens} tokens"
+    say(f"{run.max_steps} steps of {cfg.micro_batch_size}×{cfg.grad_accum * run.dist.world} {unit} "
+        f"({run.batches.summary()}); run directory {run.run_dir}")
+    if run.dist.world > 1:
+        say(f"{run.dist.world} processes ({run.dist.mode}): each trains {cfg.grad_accum} of a step's micro-batches")
+
+
+# checkpoint --------------------------------------------------------------------------------------------------
+
+def save_checkpoint(run: Run) -> Path:
+    state = {"step": run.step, "tokens": run.tokens, "global_batch": run.global_batch,
+             "optimizer_kind": optimizer_kind(run.recipe.optim), "scheduler": run.scheduler.state_dict(),
+             "sampler": run.batches.state_dict(), "rng": checkpoint.rng_states(),
+             "scaler": run.scaler.state_dict() if run.scaler else None, "method": run.method.extra_state(run.model)}
+    return run.dist.save_checkpoint(run.checkpoints, run.step, run.model, run.optimizer, run.trained, state,
+                                    run.recipe.train.keep_checkpoints)
+
+
+def restore(run: Run) -> None:
+    """The last checkpoint's weights, optimizer, schedule, data position, RNG and method state."""
+    latest = checkpoint.checkpoints(run.checkpoints)[-1]
+    kind = optimizer_kind(run.recipe.optim)
+    state = run.dist.load_checkpoint(latest, run.model, run.optimizer, run.trained, kind)  # with this rank's RNG
+    if distributed.optimizer_kind_of(state) != kind:
+        run.say(f"the checkpoint holds {distributed.optimizer_kind_of(state)} optimizer state and this run uses "
                 f"{kind} (optim.eight_bit changed): its moments start afresh; the weights, schedule and data "
                 f"position are restored")
-        if state.get("global_batch", global_batch) != global_batch:
-            say(f"the checkpoint's steps took {state['global_batch']} examples (micro_batch_size × grad_accum × "
-                f"processes) and this run's take {global_batch}: the data goes on in order, the steps are not "
+    if state.get("global_batch", run.global_batch) != run.global_batch:
+        run.say(f"the checkpoint's steps took {state['global_batch']} examples (micro_batch_size × grad_accum × "
+                f"processes) and this run's take {run.global_batch}: the data goes on in order, the steps are not "
                 f"the ones the first run would have taken")
-        scheduler.load_state_dict(state["scheduler"])
-        batches.load_state_dict(state["sampler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if method.load_extra_state:
-            method.load_extra_state(model, state["method"])
-        step, tokens = state["step"], state["tokens"]
-        say(f"resumed from {latest} at step {step}")
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.batches.load_state_dict(state["sampler"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    run.method.load_extra_state(run.model, state["method"])
+    run.step, run.tokens = state["step"], state["tokens"]
+    run.say(f"resumed from {latest} at step {run.step}")
 
-    def begin_step():
-        if method.on_step_start and method.on_step_start(model, recipe, step, max_steps):
-            optimizer.state.clear()  # the method re-initialised what trains: old moments no longer apply
 
-    begin_step()
-    trainable, total = count_parameters(model)
-    say(f"model {recipe.model.name} | method {method.name}: {trainable:,} of {total:,} parameters train "
-        f"({100 * trainable / total:.2f}%) | device {device}, {precision} | peak memory so far "
-        f"{peak_memory_mb(device):,.0f} MiB")
-    say(f"data: train {splits.train_stats.summary()}"
-        + (f"; eval {splits.eval_stats.summary()}" if splits.eval_stats else "; no eval split"))
-    unit = "preference pairs" if objective.pairs else "examples"
-    if objective.prompts:
-        unit = f"prompts × {recipe.grpo.group_size} sampled completions"
-    if recipe.data.batching == "packed":
-        unit = f"rows of {recipe.data.max_tokens} tokens"
-    say(f"{max_steps} steps of {cfg.micro_batch_size}×{cfg.grad_accum * dist.world} {unit} ({batches.summary()}); "
-        f"run directory {run_dir}")
-    if dist.world > 1:
-        say(f"{dist.world} processes ({dist.mode}): each trains {cfg.grad_accum} of a step's micro-batches")
+# step --------------------------------------------------------------------------------------------------------
 
-    def save_checkpoint():
-        state = {"step": step, "tokens": tokens, "global_batch": global_batch, "optimizer_kind": kind,
-                 "scheduler": scheduler.state_dict(), "sampler": batches.state_dict(),
-                 "rng": checkpoint.rng_states(), "scaler": scaler.state_dict() if scaler else None,
-                 "method": method.extra_state(model) if method.extra_state else None}
-        return dist.save_checkpoint(ckpt_dir, step, model, optimizer, trained, state, cfg.keep_checkpoints)
+def begin_step(run: Run) -> None:
+    if run.method.on_step_start(run.model, run.step, run.max_steps):
+        run.optimizer.state.clear()  # the method re-initialised what trains: old moments no longer apply
 
-    def evaluate() -> dict:
-        """The held-out metrics, logged as eval/<name>."""
-        options = dict(batch_size=recipe.eval.batch_size, pad_id=tokenizer.pad_token_id, device=device,
-                       autocast=lambda: autocast(precision, device))
-        if objective.pairs:
-            return heldout_preference(model, objective, ctx, splits.eval, **options)
-        if objective.prompts:
-            return heldout_reward(model, tokenizer, splits.eval, recipe.grpo, ctx.reward_errors, recipe.eval.batch_size)
-        heldout = heldout_loss(model, splits.eval, **options)
-        return {"loss": heldout["loss"], "ppl": heldout["ppl"]}
 
+def step_batches(run: Run) -> list[dict]:
+    """The step's micro-batches, the same on every rank, with Masked Thought applied when it is on."""
+    data = run.recipe.data
+    micro = [run.batches.next() for _ in range(run.recipe.train.grad_accum * run.dist.world)]
+    if data.mask_thought_ratio:
+        masking = torch.Generator().manual_seed(run.recipe.train.seed * 1_000_003 + run.step)
+        mask_id = mask_token_id(run.tokenizer)
+        micro = [mask_thought(b, data.mask_thought_ratio, mask_id, masking) for b in micro]
+    return micro
+
+
+def train_step(run: Run) -> tuple[float, int, dict, float]:
+    """One optimizer step: (loss, tokens, logged stats, gradient norm before clipping)."""
+    cfg, device, kind = run.recipe.train, run.dist.device, run.objective.kind
+    micro = step_batches(run)
+    step_weight = sum(kind.batch_weight(b) for b in micro) or 1.0
+    loss_value, step_tokens, step_stats = 0.0, 0, {}
+    with explain_out_of_memory(run.recipe, run.step + 1, last_checkpoint=lambda: checkpoint.checkpoints(run.checkpoints)):
+        for batch in run.dist.share(micro):
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with autocast(run.precision, device), saved_tensors(cfg.offload_activations, device):
+                loss, stats = run.objective.loss(run.model, batch, step_weight, run.ctx)
+            step_tokens += stats.pop("tokens", None) or real_tokens(batch)  # samplers count their own
+            (run.scaler.scale(loss) if run.scaler else loss).backward()
+            loss_value += float(loss.detach())
+            for key, value in stats.items():  # each micro-batch's share of the step, like the loss
+                key = key if "/" in key else f"train/{key}"  # TRL's `rewards/chosen` stays as it is
+                step_stats[key] = step_stats.get(key, 0.0) + value
+    loss_value, step_tokens, step_stats = run.dist.sum_step(loss_value, step_tokens, step_stats)
+    if not math.isfinite(loss_value):
+        good = checkpoint.checkpoints(run.checkpoints)
+        where = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint had been written yet"
+        raise UserError(f"loss became {loss_value} at step {run.step + 1}: training diverged and the step was not "
+                        f"applied; {where}. Lower train.lr or check the data, then `tuna train --resume {run.run_dir}`")
+    run.dist.sum_gradients(run.model)
+    if run.scaler:
+        run.scaler.unscale_(run.optimizer)
+    grad_norm = clip_gradients(run.model, cfg.max_grad_norm, run.recipe.optim.clip_per_component)
+    if run.scaler:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_value, step_tokens, step_stats, grad_norm
+
+
+def base_lr(run: Run) -> float:
+    """The schedule's rate for a multiplier of 1, whatever each group's own multiplier (LoRA+, layer decay)."""
+    group = run.optimizer.param_groups[0]
+    return run.scheduler.get_last_lr()[0] / group["lr_scale"]
+
+
+# evaluation --------------------------------------------------------------------------------------------------
+
+def evaluate(run: Run) -> dict:
+    """The held-out metrics of the objective's data kind, logged as eval/<name>."""
+    device = run.dist.device
+    return run.objective.kind.evaluate(run.model, run.splits.eval, run.objective, run.ctx,
+                                       batch_size=run.recipe.eval.batch_size, pad_id=run.tokenizer.pad_token_id,
+                                       device=device, autocast=lambda: autocast(run.precision, device))
+
+
+def evaluates_at(run: Run) -> bool:
+    every = run.recipe.eval.every
+    return bool(run.splits.eval) and (run.step == run.max_steps or (every and run.step % every == 0))
+
+
+# the run -----------------------------------------------------------------------------------------------------
+
+def fit(run: Run, *, progress: bool) -> RunResult:
+    """Steps until `max_steps` or a Ctrl-C, logging each, evaluating and checkpointing on schedule; then the
+    final model, the summary and the report."""
+    cfg, dist = run.recipe.train, run.dist
+    resumed = run.step > 0
     metrics, trackers = distributed.UNLOGGED, distributed.UNLOGGED  # rank 0 alone writes them
     if dist.main:
-        metrics = MetricsLog(run_dir / rundir.METRICS, resume_step=step if resume else None)
-        trackers = Trackers(cfg.report_to, recipe, run_dir)  # fed each record after metrics.jsonl
-    mask_id = mask_token_id(tokenizer) if recipe.data.mask_thought_ratio else None
-    last_loss, last_eval, last_saved = None, None, step if resume else -1
+        metrics = MetricsLog(run.run_dir / rundir.METRICS, resume_step=run.step if resumed else None)
+        trackers = Trackers(cfg.report_to, run.recipe, run.run_dir)  # fed each record after metrics.jsonl
+    last_loss, last_eval, last_saved = None, None, run.step if resumed else -1
     started = time.perf_counter()
-    bar = tqdm(total=max_steps, initial=step, desc="train", unit="step", disable=not (progress and dist.main),
+    bar = tqdm(total=run.max_steps, initial=run.step, desc="train", unit="step", disable=not (progress and dist.main),
                dynamic_ncols=True)
-    with StopRequest() as stop:
-        while step < max_steps and not dist.any(stop.requested):
-            t0 = time.perf_counter()
-            begin_step()
-            micro = [batches.next() for _ in range(cfg.grad_accum * dist.world)]  # the step's, on every rank
-            if recipe.data.mask_thought_ratio:
-                masking = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-                micro = [mask_thought(b, recipe.data.mask_thought_ratio, mask_id, masking) for b in micro]
-            step_weight = sum(objective.batch_weight(b) for b in micro) or 1.0
-            loss_value, step_tokens, step_stats = 0.0, 0, {}
-            with explain_out_of_memory(recipe, step + 1, last_checkpoint=lambda: checkpoint.checkpoints(ckpt_dir)):
-                for batch in dist.share(micro):
-                    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                    with autocast(precision, device), saved_tensors(cfg.offload_activations, device):
-                        loss, stats = objective.loss(model, batch, step_weight, ctx)
-                    step_tokens += stats.pop("tokens", None) or real_tokens(batch)  # samplers count their own
-                    (scaler.scale(loss) if scaler else loss).backward()
-                    loss_value += float(loss.detach())
-                    for key, value in stats.items():  # each micro-batch's share of the step, like the loss
-                        key = key if "/" in key else f"train/{key}"  # TRL's `rewards/chosen` stays as it is
-                        step_stats[key] = step_stats.get(key, 0.0) + value
-            loss_value, step_tokens, step_stats = dist.sum_step(loss_value, step_tokens, step_stats)
-            if not math.isfinite(loss_value):
-                bar.close()
-                metrics.close()
-                trackers.close()
-                good = checkpoint.checkpoints(ckpt_dir)
-                where = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint had been written yet"
-                raise UserError(f"loss became {loss_value} at step {step + 1}: training diverged and the step was not "
-                                f"applied; {where}. Lower train.lr or check the data, then `tuna train --resume {run_dir}`")
-            dist.sum_gradients(model)
-            if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = clip_gradients(model, cfg.max_grad_norm, recipe.optim.clip_per_component)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            lr = scheduler.get_last_lr()[0] / optimizer.param_groups[0]["lr_scale"]  # the base rate, not a group's
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, tokens, last_loss = step + 1, tokens + step_tokens, loss_value
-            seconds = time.perf_counter() - t0
-            record = {"step": step, "train/loss": loss_value, "train/lr": lr, "train/grad_norm": grad_norm,
-                      "train/tokens_per_s": step_tokens / seconds, "train/tokens": tokens, "epoch": batches.epoch, **step_stats}
-            if splits.eval and (step == max_steps or (recipe.eval.every and step % recipe.eval.every == 0)):
-                last_eval = evaluate()
-                record.update({f"eval/{key}": value for key, value in last_eval.items()})
-            metrics.write(record)
-            trackers.log(record)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{step_tokens / seconds:.0f}", refresh=False)
-            bar.update(1)
-            if cfg.save_every and step % cfg.save_every == 0:
-                save_checkpoint()
-                last_saved = step
-    bar.close()
-    trackers.close()
-    if last_saved != step:
-        save_checkpoint()
-    interrupted = step < max_steps
+    try:
+        with StopRequest() as stop:
+            while run.step < run.max_steps and not dist.any(stop.requested):
+                t0 = time.perf_counter()
+                begin_step(run)
+                lr = base_lr(run)
+                loss_value, step_tokens, step_stats, grad_norm = train_step(run)
+                run.step, run.tokens, last_loss = run.step + 1, run.tokens + step_tokens, loss_value
+                seconds = time.perf_counter() - t0
+                record = {"step": run.step, "train/loss": loss_value, "train/lr": lr, "train/grad_norm": grad_norm,
+                          "train/tokens_per_s": step_tokens / seconds, "train/tokens": run.tokens,
+                          "epoch": run.batches.epoch, **step_stats}
+                if evaluates_at(run):
+                    last_eval = evaluate(run)
+                    record.update({f"eval/{key}": value for key, value in last_eval.items()})
+                metrics.write(record)
+                trackers.log(record)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{step_tokens / seconds:.0f}",
+                                refresh=False)
+                bar.update(1)
+                if cfg.save_every and run.step % cfg.save_every == 0:
+                    save_checkpoint(run)
+                    last_saved = run.step
+    finally:
+        bar.close()
+        trackers.close()
+        metrics.close()
+    if last_saved != run.step:
+        save_checkpoint(run)
+    return finish(run, last_loss, last_eval, seconds=time.perf_counter() - started)
+
+
+def finish(run: Run, last_loss: float | None, last_eval: dict | None, *, seconds: float) -> RunResult:
+    interrupted = run.step < run.max_steps
     if interrupted:
-        metrics.close()
-        say(f"stopped at step {step}; resume with: tuna train --resume {run_dir}")
+        run.say(f"stopped at step {run.step}; resume with: tuna train --resume {run.run_dir}")
     else:
-        metrics.close()
-        with dist.whole_model(model):
-            if dist.main:
-                save_final(method, model, tokenizer, run_dir)
-    result = RunResult(run_dir=str(run_dir), steps=step, tokens=tokens, seconds=time.perf_counter() - started,
+        with run.dist.whole_model(run.model):
+            if run.dist.main:
+                save_final(run.method, run.model, run.tokenizer, run.run_dir)
+    trainable, total = count_parameters(run.model)
+    result = RunResult(run_dir=str(run.run_dir), steps=run.step, tokens=run.tokens, seconds=seconds,
                        train_loss=last_loss, eval_loss=last_eval and last_eval.get("loss"),
                        eval_ppl=last_eval and last_eval.get("ppl"), trainable_params=trainable, total_params=total,
-                       peak_memory_mb=peak_memory_mb(device), interrupted=interrupted)
-    if dist.main:
-        (run_dir / rundir.SUMMARY).write_text(json.dumps(asdict(result), indent=1))
-        say(f"report: {write_run_report(run_dir, device=str(device))}")
+                       peak_memory_mb=peak_memory_mb(run.dist.device), interrupted=interrupted)
+    if run.dist.main:
+        (run.run_dir / rundir.SUMMARY).write_text(json.dumps(asdict(result), indent=1))
+        run.say(f"report: {write_run_report(run.run_dir, device=str(run.dist.device))}")
     return result
 
 

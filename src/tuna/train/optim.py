@@ -13,7 +13,7 @@ from collections import defaultdict
 import torch
 
 from tuna.errors import require_packages
-from tuna.methods.base import decoder_layers
+from tuna.models.layers import decoder_layers
 from tuna.train.offload import OffloadedAdamW
 
 
@@ -49,9 +49,8 @@ def optimizer_class(optim) -> type[torch.optim.Optimizer]:
 def build_optimizer(model, recipe, method, lr: float) -> torch.optim.Optimizer:
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     scales = {id(p): 1.0 for _, p in named}
-    if method.lr_scales:
-        by_name = method.lr_scales(model, recipe)
-        scales = {id(p): scales[id(p)] * by_name.get(name, 1.0) for name, p in named}
+    by_name = method.lr_scales(model)
+    scales = {id(p): scales[id(p)] * by_name.get(name, 1.0) for name, p in named}
     if recipe.optim.layer_decay:
         decay = layer_decay_scales(model, recipe.optim.layer_decay)
         scales = {key: value * decay[key] for key, value in scales.items()}
