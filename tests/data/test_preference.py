@@ -1,7 +1,8 @@
 import pytest
 
 from tuna.config import validate_recipe
-from tuna.data.batch import TrainBatches, collate_pairs
+from tuna.data.batch import TrainBatches
+from tuna.data.preference import collate_pairs
 from tuna.data.kinds import PAIRS
 from tuna.data.dataset import load_splits
 from tuna.data.formats import detect_format

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tuna.data.batch import collate_pairs
+from tuna.data.preference import collate_pairs
 from tuna.data.preference import Pair
 from tuna.data.render import IGNORE, Rendered
 from tuna.objectives import dpo, orpo, simpo

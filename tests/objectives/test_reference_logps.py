@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from tuna.data.batch import collate_pairs
+from tuna.data.preference import collate_pairs
 from tuna.data.preference import Pair, render_pairs
 from tuna.methods import REGISTRY as METHODS
 from tuna.models.load import load_base

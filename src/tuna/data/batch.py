@@ -6,10 +6,9 @@
 - `packed`: examples packed into bins of `max_tokens` (see `packing`); a micro-batch is
   `batch_size` bins in one row, with no padding at all.
 
-What an item is, and how a micro-batch of items is collated, is the data kind's (`data.kinds`):
-preference pairs batch as units, a micro-batch of `batch_size` pairs holding their chosen sequences
-and then their rejected ones, padded together; `sorted` orders pairs by the longer of their two
-sequences. Only single sequences are packed.
+What an item is, and how a micro-batch of items is collated, is the data kind's (`data.kinds`): an
+item of several sequences batches as a unit, and `sorted` orders items by their longest sequence.
+Only single sequences are packed.
 
 Epoch e's plan is drawn from a generator seeded with (seed, e), so the data position is just
 (epoch, cursor) and a resumed run sees exactly the batches it would have seen.
@@ -24,7 +23,6 @@ from __future__ import annotations
 import torch
 
 from tuna.data.packing import best_fit_decreasing, collate_packed
-from tuna.data.preference import Pair
 from tuna.data.render import IGNORE, Rendered
 
 
@@ -52,19 +50,6 @@ def collate(items: list[Rendered], pad_id: int, weighting: str = "token") -> dic
         attention[row, :n] = 1
         weights[row, :n] = torch.tensor(target_weights(item, weighting))
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention, "weights": weights}
-
-
-def collate_pairs(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
-    """Rows 0..n-1 are the chosen sequences and rows n..2n-1 the rejected ones, pair k in rows k and n+k.
-
-    Precomputed reference log-probs, when the pairs carry them, come along in the same row order.
-    """
-    batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
-    del batch["weights"]  # preference losses weigh pairs, not tokens
-    if pairs[0].reference_logps is not None:
-        batch["reference_logps"] = torch.tensor([p.reference_logps[0] for p in pairs] +
-                                                [p.reference_logps[1] for p in pairs])
-    return batch
 
 
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -149,11 +134,3 @@ def eval_batches(items: list[Rendered], batch_size: int, pad_id: int):
     ordered = sorted(items, key=lambda item: len(item.input_ids))
     for start in range(0, len(ordered), batch_size):
         yield collate(ordered[start : start + batch_size], pad_id)
-
-
-def eval_pair_batches(pairs: list[Pair], batch_size: int, pad_id: int):
-    """Fixed-order batches of `batch_size` pairs, sorted by length, each with the pairs' indices in `pairs`."""
-    order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
-        yield indices, collate_pairs([pairs[i] for i in indices], pad_id)

@@ -24,10 +24,10 @@ from typing import Callable
 
 import torch
 
-from tuna.data.batch import collate, collate_pairs, eval_pair_batches
+from tuna.data.batch import collate
 from tuna.data.formats import detect_format
 from tuna.data.pause import add_pauses
-from tuna.data.preference import Pair, render_pairs
+from tuna.data.preference import Pair, collate_pairs, eval_pair_batches, render_pairs
 from tuna.data.prompts import PromptItem, collate_prompts, render_prompts
 from tuna.data.render import Rendered, RenderStats, render_records
 from tuna.data.scoring import heldout_loss

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from tuna.data.batch import collate
 from tuna.data.formats import to_preference_example
 from tuna.data.render import IGNORE, Rendered, RenderStats, assistant_spans
 from tuna.errors import UserError
@@ -71,3 +74,24 @@ def render_answer(messages: list[dict], prompt_turns: int, tokenizer) -> Rendere
 
 def truncate(item: Rendered, max_tokens: int) -> Rendered:
     return Rendered(item.input_ids[:max_tokens], item.labels[:max_tokens])
+
+
+def collate_pairs(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows 0..n-1 are the chosen sequences and rows n..2n-1 the rejected ones, pair k in rows k and n+k.
+
+    Precomputed reference log-probs, when the pairs carry them, come along in the same row order.
+    """
+    batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+    del batch["weights"]  # preference losses weigh pairs, not tokens
+    if pairs[0].reference_logps is not None:
+        batch["reference_logps"] = torch.tensor([p.reference_logps[0] for p in pairs] +
+                                                [p.reference_logps[1] for p in pairs])
+    return batch
+
+
+def eval_pair_batches(pairs: list[Pair], batch_size: int, pad_id: int):
+    """Fixed-order batches of `batch_size` pairs, sorted by length, each with the pairs' indices in `pairs`."""
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        yield indices, collate_pairs([pairs[i] for i in indices], pad_id)

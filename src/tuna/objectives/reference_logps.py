@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tuna.data.batch import eval_pair_batches
+from tuna.data.preference import eval_pair_batches
 from tuna.data.preference import Pair
 from tuna.models.forward import answer_logps, evaluating, model_logits
 

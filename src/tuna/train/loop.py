@@ -156,7 +156,7 @@ class Run:
     scaler: torch.amp.GradScaler | None
     trained: list[str]  # what the optimizer owns and checkpoints hold, whatever a step trains
     max_steps: int
-    global_batch: int  # examples (or pairs, prompts, rows) in one step, over all processes
+    global_batch: int  # items of the data kind (or packed rows) in one step, over all processes
     say: Callable[[str], None]
     step: int = 0
     tokens: int = 0
