@@ -16,6 +16,7 @@ def atomic_directory(target: Path, *, keep_existing: bool = False):
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the result should be as any directory
     try:
         yield tmp
         for f in tmp.iterdir():
@@ -31,6 +32,12 @@ def atomic_directory(target: Path, *, keep_existing: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -79,6 +79,9 @@ def add_train_command(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                    help="continue from the latest checkpoint of the config's output_dir, or of RUN_DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is written anyway)")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="with --resume: go on although the data files changed since the checkpoint (a warning is "
+                        "kept in the summary and the report)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train as N processes on this machine (torchrun; one per GPU, or CPU processes); see "
                         "docs/distributed.md, also for several machines")
@@ -290,15 +293,17 @@ def cmd_train(args) -> int:
     recipe = load_recipe(config, args.overrides)  # a bad config is refused here, before any process starts
     if args.nproc > 1:
         return distributed.launch(args.nproc, argv)
-    result = train(recipe, resume=args.resume is not None, progress=not args.no_progress)
+    result = train(recipe, resume=args.resume is not None, progress=not args.no_progress,
+                   allow_data_change=args.allow_data_change)
     if result.interrupted:
         return 130
     if not distributed.is_main_process():
         return 0
     ppl = f" (ppl {result.eval_ppl:.2f})" if result.eval_ppl is not None else ""
     ev = f", eval loss {result.eval_loss:.4f}{ppl}" if result.eval_loss is not None else ""
+    loss = f"final train loss {result.train_loss:.4f}" if result.train_loss is not None else "no step logged"
     print(f"done: {result.steps} steps, {result.tokens:,} tokens in {result.seconds:.1f} s, "
-          f"final train loss {result.train_loss:.4f}{ev}; peak memory {result.peak_memory_mb:,.0f} MB")
+          f"{loss}{ev}; peak memory {result.peak_memory_mb:,.0f} MB")
     print(f"run directory: {result.run_dir}")
     return 0
 
@@ -308,7 +313,8 @@ def train_argv(args) -> list[str]:
     argv = ["train", *([args.config] if args.config else []), *(x for o in args.overrides for x in ("--set", o))]
     if args.resume is not None:
         argv += ["--resume"] if args.resume is True else ["--resume", args.resume]
-    return argv + ["--no-progress"] * args.no_progress + ["--debug"] * args.debug
+    return (argv + ["--no-progress"] * args.no_progress + ["--allow-data-change"] * args.allow_data_change
+            + ["--debug"] * args.debug)
 
 
 def _load(spec: str):

@@ -79,7 +79,8 @@ class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
-    lr: float | None = Field(None, gt=0, description="peak learning rate; unset takes the method's default")
+    lr: float | None = Field(None, gt=0, le=1.0, description="peak learning rate, at most 1 (AdamW steps each weight "
+                             "by about lr); unset takes the method's default")
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)

@@ -264,6 +264,10 @@ def test_a_checkpoint_that_does_not_fit_is_refused(runs, tmp_path):
     for shard in (broken / "checkpoints" / "step-0000004" / checkpoint.SHARDS).glob("*.distcp"):
         shard.unlink()
     full = validate_recipe({**runs["recipe"]("x", FULL, micro_batch_size=2, grad_accum=2), "output_dir": str(broken)})
+    assert "distcp is missing" in checkpoint.damage(broken / "checkpoints" / "step-0000004")  # the manifest sees it
+    with pytest.raises(UserError, match="no checkpoint in .* can be used"):
+        train(full, resume=True, progress=False)
+    checkpoint.write_manifest(broken / "checkpoints" / "step-0000004")  # past the manifest, DCP itself refuses
     with pytest.raises(UserError, match="cannot be loaded into this run's model and optimizer"):
         train(full, resume=True, progress=False)
 

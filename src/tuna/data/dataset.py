@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from tuna.data.kinds import SEQUENCES, DataKind
-from tuna.data.read import read_records
+from tuna.data.read import Records, naming_sources, read_records
 from tuna.data.render import Rendered, RenderStats
 from tuna.errors import UserError
 
@@ -46,13 +46,19 @@ def load_splits(data_cfg, tokenizer, seed: int, kind=SEQUENCES,
         n_eval = int(len(records) * split)
         if split > 0 and n_eval == 0 and len(records) > 1:
             n_eval = 1
-        eval_records = [records[i] for i in order[:n_eval]]
-        train_records = [records[i] for i in sorted(order[n_eval:])]
+        eval_records = records.subset(order[:n_eval])
+        train_records = records.subset(sorted(order[n_eval:]))
     note = None
     if rewrite_train is not None:
-        train_records, note = rewrite_train(train_records)
-    train, train_stats = kind.render(train_records, data_cfg, tokenizer)
+        with naming_sources(train_records):
+            rewritten, note = rewrite_train(train_records)
+        train_records = Records(rewritten, train_records.origins)  # a rewrite keeps one record per record
+    with naming_sources(train_records):
+        train, train_stats = kind.render(train_records, data_cfg, tokenizer)
     if note:
         train_stats.notes.append(note)
-    evals, eval_stats = kind.render(eval_records, data_cfg, tokenizer) if eval_records else ([], None)
+    evals, eval_stats = [], None
+    if eval_records:
+        with naming_sources(eval_records):
+            evals, eval_stats = kind.render(eval_records, data_cfg, tokenizer)
     return Splits(train, evals, train_stats, eval_stats, kind)

@@ -145,4 +145,7 @@ def _check_messages(messages, index: int, key: str = "messages") -> list[dict]:
             raise UserError(f"record {index + 1}, message {turn}: needs `role` and `content`")
         if message["role"] not in ROLES:
             raise UserError(f"record {index + 1}, message {turn}: unknown role {message['role']!r}; use one of {', '.join(ROLES)}")
+        if not isinstance(message["content"], str):
+            got = "null" if message["content"] is None else type(message["content"]).__name__
+            raise UserError(f"record {index + 1}, message {turn}: `content` must be a string, got {got}")
     return messages

@@ -14,7 +14,8 @@ The loop, the batches and the distributed code call these and never ask which ob
   micro-batch holds the chosen rows, then the rejected ones. Held out: the objective's own loss and
   statistics, as means over pairs.
 - `prompts`: prompts with their records; the objective samples completions itself (GRPO). Held out:
-  the mean reward (`objective.reward`) of greedy answers.
+  the mean reward (`objective.reward`) of greedy answers of up to `max_new_tokens` (a knob every
+  objective on prompts has) tokens.
 """
 from __future__ import annotations
 

@@ -98,7 +98,12 @@ def render_example(example: Example, tokenizer, *, train_on: str = "completion")
 def chat_text(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
     if not tokenizer.chat_template:
         raise UserError("this tokenizer has no chat template; use prompt_completion or text data, or a model with a template")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except TemplateError as exc:
+        raise UserError(f"the model's chat template refused a conversation ({exc})") from None
 
 
 def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:

@@ -8,6 +8,7 @@ generates with the context window it was trained for; full-weight runs saved it 
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -46,7 +47,8 @@ def resolve(spec: str) -> str:
 def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    with unloadable(source, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -55,7 +57,20 @@ def load_tokenizer(source: str):
 def load_model(source: str, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    with unloadable(source, "model"):
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+
+
+@contextlib.contextmanager
+def unloadable(source: str, what: str):
+    """A checkpoint that cannot be read (a broken config.json, missing or garbage weights) is one line."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise UserError(f"cannot load the {what} in {source}: {reason[:300]}") from None
 
 
 def load_base(spec: str, dtype: torch.dtype = torch.float32):

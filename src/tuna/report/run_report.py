@@ -108,6 +108,7 @@ def summary_rows(config: dict, summary: dict | None, records: list[dict]) -> lis
                  ["trainable parameters", f"{summary['trainable_params']:,} of {summary['total_params']:,} "
                                           f"({100 * share:.2f}%)"],
                  ["peak memory (MiB)", summary["peak_memory_mb"]]]
+        rows += [["warning", warning] for warning in summary.get("warnings", [])]
     throughput = sorted(r["train/tokens_per_s"] for r in records if "train/tokens_per_s" in r)
     rows += [["tokens per second (median step)", throughput[len(throughput) // 2] if throughput else None],
              ["final train loss", last.get("train/loss")]]

@@ -224,6 +224,7 @@ class Dist:
                 torch.save({**state, "rng": rng}, tmp / checkpoint.STATE)
                 meta = {"step": step, "fingerprint": checkpoint.fingerprint(model, names), "world_size": self.world}
                 (tmp / checkpoint.META).write_text(json.dumps(meta, indent=1))
+                checkpoint.write_manifest(tmp)  # dcp.save returned: every rank's shards are written
             checkpoint.prune(directory, keep)
         else:  # dcp.save returns once every rank's shards and the metadata are written
             tmp = self.from_main(None)
@@ -277,7 +278,7 @@ def _load_shards(path: Path, model, optimizer, names: list[str], optimizer_kind:
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
     checkpoint.check_fingerprint(path, model, names)
-    state = torch.load(path / checkpoint.STATE, weights_only=False)
+    state = checkpoint.load_state(path)
     with_optimizer = optimizer_kind_of(state) == optimizer_kind
     model_state, optimizer_state = _state_dicts(model, optimizer, names)
     try:

@@ -4,8 +4,9 @@ It knows methods and objectives only through their interfaces (`methods.base`, `
 and the objective's data kind (`data.kinds`); it never asks which one runs.
 
 One optimizer step = `grad_accum` micro-batches; the loss is normalised by the step's total loss
-weight (target tokens, or sequences with `train.loss_weighting: sequence`) so accumulation is exact. Checkpoints happen only at step boundaries; Ctrl-C asks the loop to
-stop at the next one and save, so every checkpoint is a state an uninterrupted run also passed through.
+weight (the data kind's: target tokens, sequences or pairs) so accumulation is exact. Checkpoints
+happen only at step boundaries; Ctrl-C asks the loop to stop at the next one and save, so every
+checkpoint is a state an uninterrupted run also passed through.
 Under torchrun each step's micro-batches are shared among the processes and the step stays the same
 (`train.distributed`); rank 0 alone writes the run directory.
 """
@@ -18,7 +19,7 @@ import resource
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,7 @@ from tuna.config import Recipe
 from tuna.data.batch import TrainBatches, real_tokens
 from tuna.data.calibration import build_calibration
 from tuna.data.dataset import Splits, load_splits
+from tuna.data.fingerprint import changes as data_changes, data_fingerprint
 from tuna.data.mask_thought import mask_thought, mask_token_id
 from tuna.errors import UserError
 from tuna.methods import build as build_method
@@ -59,6 +61,7 @@ from tuna.train.neftune import add_neftune
 from tuna.train.optim import build_optimizer, check_available, clip_gradients, optimizer_kind
 from tuna.train.trackers import Trackers, check_installed
 
+STALLED_STEPS = 3  # a zero gradient norm this many steps in a row is worth a warning
 SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
 
@@ -75,6 +78,7 @@ class RunResult:
     total_params: int
     peak_memory_mb: float
     interrupted: bool = False
+    warnings: list[str] = field(default_factory=list)  # what the run went on despite (a data change on resume)
 
 
 def seed_everything(seed: int) -> None:
@@ -114,26 +118,45 @@ class StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def prepare_run_dir(recipe: Recipe, resume: bool, dist: distributed.Dist) -> Path:
+def prepare_run_dir(recipe: Recipe, resume: bool, dist: distributed.Dist, say) -> Path:
+    """The run directory, refused when it is someone else's; a new run's config is written here, a resumed
+    run's only once its checkpoint has loaded (a refused resume leaves the directory as it was)."""
     if recipe.output_dir is None:
         recipe.output_dir = dist.from_main(f"runs/{recipe.method}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = Path(recipe.output_dir)
-    has_run = bool(checkpoint.checkpoints(run_dir / rundir.CHECKPOINTS)) or (run_dir / rundir.FINAL).exists()
-    if resume and not checkpoint.checkpoints(run_dir / rundir.CHECKPOINTS):
+    has_checkpoint = bool(checkpoint.checkpoints(run_dir / rundir.CHECKPOINTS))
+    if resume and not has_checkpoint:
         raise UserError(f"nothing to resume in {run_dir}: it has no checkpoint")
-    if not resume and has_run:
+    if not resume and (has_checkpoint or (run_dir / rundir.FINAL).exists()):
         raise UserError(f"{run_dir} already holds a run; resume it with --resume or choose another output_dir")
+    if not resume and run_dir.is_dir() and not rundir.holds_tuna_files(run_dir):
+        raise UserError(f"{run_dir} holds files that are not a tuna run, and tuna writes only into a new, empty or "
+                        "run directory; choose another output_dir")
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / rundir.CONFIG).write_text(recipe.to_yaml())
+        for leftover in rundir.clear_leftovers(run_dir):
+            say(f"removed {leftover}, left by a write that was cut short")
+        if not resume:
+            stale = rundir.set_aside_stale_log(run_dir)
+            if stale:
+                say(f"the log of an earlier attempt that stopped before its first checkpoint is now {stale}")
+            (run_dir / rundir.CONFIG).write_text(recipe.to_yaml())
     dist.barrier()
     return run_dir
 
 
-def train(recipe: Recipe, *, resume: bool = False, progress: bool = True) -> RunResult:
-    """Train `recipe`, as one process or as this process's rank of a torchrun launch."""
+def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, allow_data_change: bool = False) -> RunResult:
+    """Train `recipe`, as one process or as this process's rank of a torchrun launch. Resuming a run that
+    finished changes nothing and returns its summary."""
     with distributed.session(recipe.train.distributed, resolve_device(recipe.train.device)) as dist:
-        run = setup(recipe, dist, resume=resume)
+        finished = resume and recipe.output_dir and rundir.finished_summary(Path(recipe.output_dir),
+                                                                            recipe.train.max_steps)
+        if finished:
+            if dist.main:
+                print(f"tuna: {recipe.output_dir} is finished ({finished['steps']} steps, final/ complete); "
+                      "nothing to do", file=sys.stderr)
+            return RunResult(**{f.name: finished[f.name] for f in fields(RunResult) if f.name in finished})
+        run = setup(recipe, dist, resume=resume, allow_data_change=allow_data_change)
         return fit(run, progress=progress)
 
 
@@ -158,8 +181,11 @@ class Run:
     max_steps: int
     global_batch: int  # items of the data kind (or packed rows) in one step, over all processes
     say: Callable[[str], None]
+    data: dict  # the data files' fingerprint (`data.fingerprint`), kept in every checkpoint
+    allow_data_change: bool = False
     step: int = 0
     tokens: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def checkpoints(self) -> Path:
@@ -168,15 +194,16 @@ class Run:
 
 # setup -------------------------------------------------------------------------------------------------------
 
-def setup(recipe: Recipe, dist: distributed.Dist, *, resume: bool) -> Run:
+def setup(recipe: Recipe, dist: distributed.Dist, *, resume: bool, allow_data_change: bool = False) -> Run:
     """Model, method, data, optimizer and, with `resume`, the state of the last checkpoint."""
     cfg = recipe.train
     precision = resolve_precision(cfg.precision, dist.device)
     method, objective = build_method(recipe), OBJECTIVES[recipe.objective]
     check_installed(cfg.report_to)  # before any slow work
     check_available(recipe.optim)
-    run_dir = prepare_run_dir(recipe, resume, dist)
     say = (lambda msg: print(f"tuna: {msg}", file=sys.stderr)) if dist.main else (lambda msg: None)
+    run_dir = prepare_run_dir(recipe, resume, dist, say)
+    data = data_fingerprint(recipe.data)  # before the data is read
     seed_everything(cfg.seed)
     model, tokenizer = load_base(recipe.model.name)
     if recipe.model.rope_scaling:
@@ -196,11 +223,13 @@ def setup(recipe: Recipe, dist: distributed.Dist, *, resume: bool) -> Run:
                               num_training_steps=max_steps)
     run = Run(recipe, dist, run_dir, precision, method, objective, model, tokenizer, splits, ctx, batches, optimizer,
               scheduler, torch.amp.GradScaler(dist.device.type) if precision == "fp16" else None, trained, max_steps,
-              cfg.micro_batch_size * cfg.grad_accum * dist.world, say)
+              cfg.micro_batch_size * cfg.grad_accum * dist.world, say, data, allow_data_change)
     if dist.world > 1:  # each rank its own dropout, noise and sampling streams; the data plan stays shared
         seed_everything(cfg.seed * 1_000_003 + dist.rank + 1)
     if resume:
         restore(run)
+        if dist.main:
+            (run_dir / rundir.CONFIG).write_text(recipe.to_yaml())
     begin_step(run)
     describe(run)
     return run
@@ -286,16 +315,37 @@ def save_checkpoint(run: Run) -> Path:
     state = {"step": run.step, "tokens": run.tokens, "global_batch": run.global_batch,
              "optimizer_kind": optimizer_kind(run.recipe.optim), "scheduler": run.scheduler.state_dict(),
              "sampler": run.batches.state_dict(), "rng": checkpoint.rng_states(),
-             "scaler": run.scaler.state_dict() if run.scaler else None, "method": run.method.extra_state(run.model)}
-    return run.dist.save_checkpoint(run.checkpoints, run.step, run.model, run.optimizer, run.trained, state,
-                                    run.recipe.train.keep_checkpoints)
+             "scaler": run.scaler.state_dict() if run.scaler else None, "method": run.method.extra_state(run.model),
+             "data": run.data}
+    try:
+        return run.dist.save_checkpoint(run.checkpoints, run.step, run.model, run.optimizer, run.trained, state,
+                                        run.recipe.train.keep_checkpoints)
+    except Exception as exc:
+        good = checkpoint.good_checkpoints(run.checkpoints)
+        need = checkpoint.size_bytes(good[-1]) if good else 0
+        if not checkpoint.disk_full(exc, run.checkpoints, need):
+            raise
+        raise UserError(f"no space left on the device of {run.checkpoints} for the checkpoint of step {run.step}"
+                        + (f" (about {need / 2**20:,.1f} MB, the size of the last one)" if need else "")
+                        + (f"; {good[-1]} is intact" if good else "; no checkpoint had been written yet")
+                        + f". Free some space, then `tuna train --resume {run.run_dir}`"
+                        + ("" if good else " cannot help: start the run again") ) from None
 
 
 def restore(run: Run) -> None:
-    """The last checkpoint's weights, optimizer, schedule, data position, RNG and method state."""
-    latest = checkpoint.checkpoints(run.checkpoints)[-1]
+    """The newest checkpoint whose files are whole and plain data: its weights, optimizer, schedule, data
+    position, RNG and method state. Damaged ones are skipped, saying why."""
     kind = optimizer_kind(run.recipe.optim)
-    state = run.dist.load_checkpoint(latest, run.model, run.optimizer, run.trained, kind)  # with this rank's RNG
+    for latest in reversed(checkpoint.good_checkpoints(run.checkpoints, say=run.say)):
+        try:
+            state = run.dist.load_checkpoint(latest, run.model, run.optimizer, run.trained, kind)  # + this rank's RNG
+            break
+        except checkpoint.UnsafeCheckpoint as exc:
+            run.say(f"checkpoint {latest.name} is skipped: {exc}")
+    else:
+        raise UserError(f"no checkpoint in {run.checkpoints} can be used (each is damaged or not plain data); "
+                        "start the run again")
+    check_data_unchanged(run, state.get("data"))
     if distributed.optimizer_kind_of(state) != kind:
         run.say(f"the checkpoint holds {distributed.optimizer_kind_of(state)} optimizer state and this run uses "
                 f"{kind} (optim.eight_bit changed): its moments start afresh; the weights, schedule and data "
@@ -311,6 +361,19 @@ def restore(run: Run) -> None:
     run.method.load_extra_state(run.model, state["method"])
     run.step, run.tokens = state["step"], state["tokens"]
     run.say(f"resumed from {latest} at step {run.step}")
+
+
+def check_data_unchanged(run: Run, then: dict | None) -> None:
+    """Refuse to resume on data other than the checkpoint's, unless asked to go on (then say so, and keep it)."""
+    changed = data_changes(then, run.data) if then is not None else []
+    if not changed:
+        return
+    if not run.allow_data_change:
+        raise UserError(f"the data changed since the checkpoint: {'; '.join(changed)}. The run would go on with "
+                        "other examples than it started with; restore the data, or resume with --allow-data-change")
+    warning = f"resumed on changed data ({'; '.join(changed)}): the steps after the resume saw other examples"
+    run.warnings.append(warning)
+    run.say(f"warning: {warning}")
 
 
 # step --------------------------------------------------------------------------------------------------------
@@ -350,10 +413,12 @@ def train_step(run: Run) -> tuple[float, int, dict, float]:
                 step_stats[key] = step_stats.get(key, 0.0) + value
     loss_value, step_tokens, step_stats = run.dist.sum_step(loss_value, step_tokens, step_stats)
     if not math.isfinite(loss_value):
-        good = checkpoint.checkpoints(run.checkpoints)
-        where = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint had been written yet"
+        good = checkpoint.good_checkpoints(run.checkpoints)
+        then = (f"the last good checkpoint is {good[-1]}. Lower train.lr or check the data, then "
+                f"`tuna train --resume {run.run_dir}`" if good else
+                "no checkpoint had been written yet. Lower train.lr or check the data, and start the run again")
         raise UserError(f"loss became {loss_value} at step {run.step + 1}: training diverged and the step was not "
-                        f"applied; {where}. Lower train.lr or check the data, then `tuna train --resume {run.run_dir}`")
+                        f"applied; {then}")
     run.dist.sum_gradients(run.model)
     if run.scaler:
         run.scaler.unscale_(run.optimizer)
@@ -400,7 +465,8 @@ def fit(run: Run, *, progress: bool) -> RunResult:
     if dist.main:
         metrics = MetricsLog(run.run_dir / rundir.METRICS, resume_step=run.step if resumed else None)
         trackers = Trackers(cfg.report_to, run.recipe, run.run_dir)  # fed each record after metrics.jsonl
-    last_loss, last_eval, last_saved = None, None, run.step if resumed else -1
+    last_loss, last_eval = last_logged(run.run_dir / rundir.METRICS) if resumed else (None, None)
+    last_saved, stalled = run.step if resumed else -1, 0
     started = time.perf_counter()
     bar = tqdm(total=run.max_steps, initial=run.step, desc="train", unit="step", disable=not (progress and dist.main),
                dynamic_ncols=True)
@@ -412,6 +478,10 @@ def fit(run: Run, *, progress: bool) -> RunResult:
                 lr = base_lr(run)
                 loss_value, step_tokens, step_stats, grad_norm = train_step(run)
                 run.step, run.tokens, last_loss = run.step + 1, run.tokens + step_tokens, loss_value
+                stalled = stalled + 1 if grad_norm == 0 else 0
+                if stalled == STALLED_STEPS:
+                    run.say(f"warning: the gradient norm has been 0 for {STALLED_STEPS} steps (loss {loss_value:.4g}): "
+                            "training has stalled, often after a learning rate far too high; lower train.lr")
                 seconds = time.perf_counter() - t0
                 record = {"step": run.step, "train/loss": loss_value, "train/lr": lr, "train/grad_norm": grad_norm,
                           "train/tokens_per_s": step_tokens / seconds, "train/tokens": run.tokens,
@@ -436,6 +506,15 @@ def fit(run: Run, *, progress: bool) -> RunResult:
     return finish(run, last_loss, last_eval, seconds=time.perf_counter() - started)
 
 
+def last_logged(path: Path) -> tuple[float | None, dict | None]:
+    """The last logged train loss and held-out metrics: what a resumed run that takes no step reports."""
+    records = rundir.read_metrics(path) if path.is_file() else []
+    loss = next((r["train/loss"] for r in reversed(records) if "train/loss" in r), None)
+    evals = next(({k.removeprefix("eval/"): v for k, v in r.items() if k.startswith("eval/")}
+                  for r in reversed(records) if any(k.startswith("eval/") for k in r)), None)
+    return loss, evals
+
+
 def finish(run: Run, last_loss: float | None, last_eval: dict | None, *, seconds: float) -> RunResult:
     interrupted = run.step < run.max_steps
     if interrupted:
@@ -448,7 +527,8 @@ def finish(run: Run, last_loss: float | None, last_eval: dict | None, *, seconds
     result = RunResult(run_dir=str(run.run_dir), steps=run.step, tokens=run.tokens, seconds=seconds,
                        train_loss=last_loss, eval_loss=last_eval and last_eval.get("loss"),
                        eval_ppl=last_eval and last_eval.get("ppl"), trainable_params=trainable, total_params=total,
-                       peak_memory_mb=peak_memory_mb(run.dist.device), interrupted=interrupted)
+                       peak_memory_mb=peak_memory_mb(run.dist.device), interrupted=interrupted,
+                       warnings=run.warnings)
     if run.dist.main:
         (run.run_dir / rundir.SUMMARY).write_text(json.dumps(asdict(result), indent=1))
         run.say(f"report: {write_run_report(run.run_dir, device=str(run.dist.device))}")

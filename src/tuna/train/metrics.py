@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tuna.rundir import read_metrics
+
 
 class MetricsLog:
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
-        if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+        if resume_step is not None and path.exists():  # a last line cut short by a kill is dropped
+            kept = [json.dumps(r) for r in read_metrics(path) if r["step"] <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
         self._fh = path.open("a")
 
