@@ -82,3 +82,84 @@ def test_density_out_of_range_fails_before_any_compute(tiny_recipe, density):
 def test_apply_delta_refuses_what_is_not_a_delta(tiny_model_dir, tmp_path, capsys):
     assert main(["export", str(tiny_model_dir), "--apply-delta", str(tmp_path), "--merge", str(tmp_path / "o")]) == 2
     assert "is not a sparse delta" in capsys.readouterr().err
+
+
+def spiel_step(model, batch, lr=0.05):
+    from tuna.methods.sparse import parametrized
+
+    model(**batch).loss.backward()
+    with torch.no_grad():
+        for p in parametrized(model).values():
+            p.delta -= lr * p.delta.grad.sign()  # every active delta moves, by different amounts across steps
+            p.delta.grad = None
+
+
+def test_spiels_cycle_prunes_the_least_moved_regrows_by_gradient_and_keeps_the_density(tiny_model_dir):
+    from tuna.data.calibration import Calibration
+    from tuna.methods.sparse import Sparse, SparseKnobs, parametrized
+
+    model, _ = load_base(str(tiny_model_dir))
+    pretrained = {name: p.detach().clone() for name, p in model.named_parameters()}
+    ids = torch.randint(3, 60, (2, 12), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    method = Sparse(sparse=SparseKnobs(density=0.05, calibration_batches=1, regrow_every=2, regrow_fraction=0.25))
+    model = method.prepare(model, Calibration(task=lambda n: [batch] * n, general=None))
+    deltas = parametrized(model)
+    first = {name: p.indices.clone() for name, p in deltas.items()}
+    for step in range(2):
+        assert method.on_step_start(model, step, 10) is False  # no update inside the cycle
+        spiel_step(model, batch)
+    before = {name: (p.indices.clone(), p.delta.detach().clone(), p.accumulated.clone()) for name, p in deltas.items()}
+    assert method.on_step_start(model, 2, 10) is True  # the update: the loop restarts the moments
+    modules = dict(model.named_modules())
+    for name, p in deltas.items():
+        indices, delta, accumulated = before[name]
+        count = round(0.25 * len(indices))
+        assert len(p.indices) == len(indices) and len(set(p.indices.tolist())) == len(indices)  # density kept
+        dropped_slots = torch.topk(delta.abs(), count, largest=False).indices
+        dropped = set(indices[dropped_slots].tolist())
+        grown = set(p.indices.tolist()) - set(indices.tolist())
+        assert len(grown) == count and not grown & set(indices.tolist())  # as many new entries as dropped
+        score = accumulated.reshape(-1).abs().clone()
+        score[indices] = -1
+        assert grown == set(torch.topk(score, count).indices.tolist())  # the largest accumulated gradients
+        weight = modules[name].weight.detach().reshape(-1)
+        original = pretrained[f"{name}.weight"].reshape(-1)
+        dropped_now = torch.tensor(sorted(dropped))
+        assert torch.equal(weight[dropped_now], original[dropped_now])  # back to exactly the pretrained value
+        grown_now = torch.tensor(sorted(grown))
+        assert torch.equal(weight[grown_now], original[grown_now])  # new entries start at delta 0
+        kept = [slot for slot in range(len(indices)) if slot not in set(dropped_slots.tolist())]
+        assert torch.equal(p.delta.detach()[kept], delta[kept])  # the rest keep their deltas
+        assert p.accumulated.abs().sum() == 0  # a new cycle accumulates afresh
+    assert any(not torch.equal(first[n], p.indices) for n, p in deltas.items())
+
+
+def test_static_sparse_keeps_its_indices(tiny_model_dir):
+    from tuna.data.calibration import Calibration
+    from tuna.methods.sparse import Sparse, SparseKnobs, parametrized
+
+    model, _ = load_base(str(tiny_model_dir))
+    ids = torch.randint(3, 60, (2, 12), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    method = Sparse(sparse=SparseKnobs(density=0.05, calibration_batches=1, regrow=False, regrow_every=1))
+    model = method.prepare(model, Calibration(task=lambda n: [batch] * n, general=None))
+    first = {name: p.indices.clone() for name, p in parametrized(model).items()}
+    for step in range(3):
+        assert method.on_step_start(model, step, 10) is False
+        spiel_step(model, batch)
+    assert all(torch.equal(first[n], p.indices) and p.accumulated is None for n, p in parametrized(model).items())
+
+
+def test_regrown_deltas_still_compose(tiny_recipe, tiny_model_dir, tmp_path):
+    knobs = {**SPARSE, "regrow_every": 2}
+    train(tiny_recipe(method="sparse", sparse=knobs, train={"max_steps": 5, "lr": 1e-2}), progress=False)
+    assert main(["export", str(tiny_model_dir), "--apply-delta", str(tmp_path / "run"), "--merge",
+                 str(tmp_path / "merged")]) == 0
+    base = load_base(str(tiny_model_dir))[0]
+    merged = dict(load_base(str(tmp_path / "merged"))[0].named_parameters())
+    tuned = dict(load_any(str(tmp_path / "run"))[0].named_parameters())
+    delta = dense(tmp_path / "run", base)
+    for name, p in base.named_parameters():
+        torch.testing.assert_close(merged[name], p + delta.get(name, 0), atol=1e-6, rtol=0)
+        torch.testing.assert_close(tuned[name], merged[name], atol=1e-6, rtol=0)

@@ -10,24 +10,26 @@ batch_weight = SEQUENCES.batch_weight
 from tests.objectives.test_sft import ITEMS, FixedLogits
 
 
-def context(beta: float, reference_table: torch.Tensor) -> ObjectiveContext:
-    knobs = type("Knobs", (), {"kl_beta": beta})()
+def context(beta: float, reference_table: torch.Tensor, kl: str = "ref_to_policy") -> ObjectiveContext:
+    knobs = anchored_sft.AnchoredSftKnobs(kl_beta=beta, kl=kl)
     return ObjectiveContext(knobs, reference=lambda batch: reference_table[batch["input_ids"]].detach())
 
 
-def test_asft_is_dft_plus_beta_times_the_full_vocabulary_kl():
+@pytest.mark.parametrize("direction", ["ref_to_policy", "policy_to_ref"])
+def test_asft_is_dft_plus_beta_times_the_full_vocabulary_kl(direction):
     model, batch = FixedLogits(), collate(ITEMS, pad_id=0)
     reference = torch.randn(model.table.shape, generator=torch.Generator().manual_seed(1))
     weight = batch_weight(batch)
     dft_value = float(dft.loss(model, batch, weight)[0].detach())
-    with_kl, stats = anchored_sft.loss(model, batch, weight, context(0.3, reference))
+    with_kl, stats = anchored_sft.loss(model, batch, weight, context(0.3, reference, direction))
 
     kls = []
     for item in ITEMS:
         for j in range(1, len(item.labels)):
             if item.labels[j] != -100:
-                p = torch.softmax(model.table[item.input_ids[j - 1]].detach(), -1)
-                q = torch.softmax(reference[item.input_ids[j - 1]], -1)
+                policy = torch.softmax(model.table[item.input_ids[j - 1]].detach(), -1)
+                ref = torch.softmax(reference[item.input_ids[j - 1]], -1)
+                p, q = (ref, policy) if direction == "ref_to_policy" else (policy, ref)  # KL(p ‖ q)
                 kls.append(float((p * (p.log() - q.log())).sum()))
     assert stats["kl"] == pytest.approx(sum(kls) / len(kls), rel=1e-5)
     assert float(with_kl.detach()) == pytest.approx(dft_value + 0.3 * sum(kls) / len(kls), rel=1e-5)

@@ -136,3 +136,122 @@ def write_rows(tmp_path, rows):
     path = tmp_path / "no_answers.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+class TableModel(torch.nn.Module):
+    """Logits from a learnable table indexed by the input token: a model whose gradient is easy to check."""
+
+    def __init__(self, vocab: int = 7, seed: int = 0):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(seed)))
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+def rolled_out(group: int = 2) -> dict:
+    """Two prompts × `group` completions of different lengths, as `rollout` leaves them."""
+    prompts = [[1, 2], [3]]
+    completions = [[4, 5, 6], [5], [6, 6], [4, 2, 2, 5]][: 2 * group]
+    batch = sequence_batch(prompts, completions, group, pad_id=0)
+    rewards = torch.tensor([[1.0, 0.0], [0.5, 2.0]])
+    completion_tokens = float((batch["labels"][:, 1:] != -100).sum())
+    return {**batch, "prompt_ids": prompts, "rewards": rewards, "advantages": group_advantages(rewards).flatten(),
+            "step_tokens": completion_tokens, "step_micro_batches": 1.0}
+
+
+def grpo_context(**knobs):
+    from tuna.objectives.base import ObjectiveContext
+    from tuna.objectives.grpo import GrpoKnobs
+
+    reference = TableModel(seed=1)
+    return ObjectiveContext(GrpoKnobs(group_size=2, max_new_tokens=4, **knobs),
+                            reference=lambda rows: reference(rows["input_ids"]).logits.detach())
+
+
+def by_definition(model, ctx, batch, temperature: float):
+    """TRL's definition, written out: log-probs of logits / T for policy and reference, k3 KL, ratio 1."""
+    labels = batch["labels"][:, 1:]
+    mask = (labels != -100).float()
+    logits = model(batch["input_ids"]).logits[:, :-1] / temperature
+    logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    ref = torch.log_softmax(ctx.reference(batch)[:, :-1] / temperature, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    a = batch["advantages"][:, None]
+    kl = torch.exp(ref - logp) - (ref - logp) - 1
+    per_token = -(torch.exp(logp - logp.detach()) * a - ctx.knobs.kl_beta * kl) * mask
+    return per_token, mask, kl
+
+
+def test_log_probs_use_the_sampling_temperature(monkeypatch):
+    from tuna.objectives.grpo import loss
+
+    ctx, batch = grpo_context(temperature=0.7, kl_beta=0.3), rolled_out()
+    model = TableModel()
+    value, stats = loss(model, batch, 2.0, ctx)
+    value.backward()
+    ours = model.table.grad.clone()
+
+    model.table.grad = None
+    per_token, mask, kl = by_definition(model, ctx, batch, temperature=0.7)
+    expected = ((per_token.sum(1) / mask.sum(1)).view(2, 2).mean(1)).sum() / 2.0
+    expected.backward()
+    assert float(value) == pytest.approx(float(expected), rel=1e-6)
+    torch.testing.assert_close(ours, model.table.grad)
+    assert stats["kl"] == pytest.approx(float((kl * mask).sum() / mask.sum()))  # a token mean, as TRL logs it
+
+    model.table.grad = None
+    per_token_t1, mask, _ = by_definition(model, ctx, batch, temperature=1.0)
+    ((per_token_t1.sum(1) / mask.sum(1)).view(2, 2).mean(1).sum() / 2.0).backward()
+    assert not torch.allclose(ours, model.table.grad)  # the temperature matters to the gradient
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_each_loss_type_aggregates_as_its_paper_defines(loss_type):
+    from tuna.objectives.grpo import aggregate
+
+    per_token = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0], [1.0, 1.0, 1.0], [4.0, 0.0, 0.0]])
+    mask = (per_token != 0).float()
+    lengths = mask.sum(1)
+    formulas = {  # one micro-batch of 2 prompts × 2 completions that is the whole step
+        "grpo": ((per_token.sum(1) / lengths).view(2, 2).mean(1)).sum() / 2,  # mean of per-sequence means
+        "bnpo": per_token.sum() / mask.sum(),  # a token mean of the (micro-)batch
+        "dr_grpo": per_token.sum() / (4 * 5),  # sequences × max_new_tokens, a constant
+        "dapo": per_token.sum() / mask.sum(),  # tokens of the whole step
+    }
+    got = aggregate(per_token, mask, loss_type, group=2, step_prompts=2, max_new_tokens=5, step_micro_batches=1,
+                    step_tokens=float(mask.sum()))
+    assert float(got) == pytest.approx(float(formulas[loss_type]))
+
+
+def test_dapo_divides_by_the_whole_steps_tokens_so_accumulation_is_exact():
+    from tuna.objectives.grpo import aggregate
+
+    per_token = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0], [1.0, 1.0, 1.0], [4.0, 0.0, 0.0]])
+    mask = (per_token != 0).float()
+    whole = aggregate(per_token, mask, "dapo", group=2, step_prompts=2, max_new_tokens=5, step_micro_batches=1,
+                      step_tokens=float(mask.sum()))
+    halves = sum(aggregate(per_token[i : i + 2], mask[i : i + 2], "dapo", group=2, step_prompts=2, max_new_tokens=5,
+                           step_micro_batches=2, step_tokens=float(mask.sum())) for i in (0, 2))
+    assert float(halves) == pytest.approx(float(whole))
+    bnpo_halves = sum(aggregate(per_token[i : i + 2], mask[i : i + 2], "bnpo", group=2, step_prompts=2,
+                                max_new_tokens=5, step_micro_batches=2, step_tokens=0.0) for i in (0, 2))
+    assert float(bnpo_halves) != pytest.approx(float(whole))  # bnpo's normaliser is the micro-batch's, as TRL's
+
+
+def test_dr_grpo_does_not_scale_advantages_by_the_std_unless_asked(monkeypatch):
+    from tuna.objectives import grpo
+
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 3.0]])
+    assert torch.allclose(group_advantages(rewards, scale=False), rewards - rewards.mean())
+    seen = {}
+    monkeypatch.setattr(grpo, "generate_ids", lambda model, prompts, **kw: [[4, 2]] * (len(prompts) * kw["group"]))
+    monkeypatch.setattr(grpo, "total_rewards", lambda texts, *a: [1.0, 0.0, 0.0, 3.0])
+    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=2, batch_decode=lambda ids, **kw: ["x"] * len(ids))
+    batch = {"prompt_ids": [[1]], "examples": [{}], "indices": [0]}
+    for loss_type, scale in (("dr_grpo", None), ("grpo", None), ("dr_grpo", True)):
+        ctx = SimpleNamespace(knobs=grpo.GrpoKnobs(group_size=4, loss_type=loss_type, scale_rewards=scale),
+                              tokenizer=tokenizer, reward_errors=None, sum_over_ranks=lambda v: v)
+        seen[(loss_type, scale)] = grpo.rollout(None, [batch], ctx)[0]["advantages"]
+    assert torch.allclose(seen[("dr_grpo", None)], torch.tensor([0.0, -1.0, -1.0, 2.0]))
+    assert torch.allclose(seen[("grpo", None)], group_advantages(rewards).flatten())
+    assert torch.allclose(seen[("dr_grpo", True)], seen[("grpo", None)])

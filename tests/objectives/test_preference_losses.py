@@ -98,6 +98,19 @@ def test_orpo_loss_equals_its_closed_form():
     assert stats["rewards/chosen"] == pytest.approx(lam * sum(mean(p.chosen) for p in PAIRS) / 4, rel=1e-5)
 
 
+def test_orpo_nll_is_the_mean_over_pairs_of_each_chosen_answers_token_mean_not_trls():
+    """Ours (the paper's per-example L_SFT): each pair's mean NLL over its chosen *answer* tokens, then the mean
+    over pairs. TRL's ORPOTrainer instead takes one token mean over every non-padding token of all chosen rows,
+    prompt tokens included (its labels are the input ids). With beta 0 the loss is the NLL term alone."""
+    table = FixedLogits().table
+    ours = sum(-hand_logp(table, p.chosen)[0] / hand_logp(table, p.chosen)[1] for p in PAIRS) / len(PAIRS)
+    whole_rows = [Rendered(p.chosen.input_ids, [P] + p.chosen.input_ids[1:]) for p in PAIRS]  # every token labelled
+    trl = -sum(hand_logp(table, r)[0] for r in whole_rows) / sum(hand_logp(table, r)[1] for r in whole_rows)
+    value, stats = whole_batch(orpo.loss, context("orpo", orpo__beta=0.0))
+    assert value == pytest.approx(ours, rel=1e-6) and stats["nll"] == pytest.approx(ours, rel=1e-6)
+    assert abs(value - trl) > 1e-3  # the two definitions differ on this batch
+
+
 @pytest.mark.parametrize("objective", [dpo, simpo, orpo], ids=["dpo", "simpo", "orpo"])
 def test_accumulated_micro_batches_give_the_step_loss_and_gradient_of_one_batch(objective):
     ctx = context(objective.OBJECTIVE.name, REFERENCE)

@@ -38,6 +38,7 @@ KNOBS = {"train": {"neftune_alpha": 5.0}, "data": {"mask_thought_ratio": 0.2},
 
 @pytest.mark.parametrize("method, extra", [
     ("lora", {}), ("full", {}), ("hft", {}), ("sparse", {"sparse": {"density": 0.05, "calibration_batches": 2}}),
+    ("sparse", {"sparse": {"density": 0.05, "calibration_batches": 2, "regrow_every": 3}}),
     ("s2ft", {"s2ft": {"heads_per_layer": 1, "ffn_channels": 8}}), ("chain_lora", {"chain_lora": {"rounds": 4}}),
     ("lora", KNOBS),  # noise, masking, per-group rates and per-component clipping all resume exactly
     ("dora", {"lora": {"r": 4}}), ("lora", {"lora": {"r": 4, "init": "pissa"}}),
@@ -46,7 +47,7 @@ KNOBS = {"train": {"neftune_alpha": 5.0}, "data": {"mask_thought_ratio": 0.2},
     ("longlora", {"lora": {"r": 4}, "longlora": {"group_size_ratio": 0.25}}),
     ("full", {"optim": {"offload": True}}), ("chain_lora", {"chain_lora": {"rounds": 4}, "optim": {"offload": True}}),
     ("full", {"optim": {"eight_bit": True}}),
-], ids=["lora", "full", "hft", "sparse", "s2ft", "chain_lora", "lora+knobs", "dora", "pissa", "packed+sequence",
+], ids=["lora", "full", "hft", "sparse", "sparse+regrow", "s2ft", "chain_lora", "lora+knobs", "dora", "pissa", "packed+sequence",
         "sorted", "longlora", "full+offload", "chain_lora+offload", "full+8bit"])
 def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(tiny_recipe, tmp_path, monkeypatch, method, extra):
     train_options = {"max_steps": 8, "save_every": 2, "lr": 5e-3, **extra.get("train", {})}

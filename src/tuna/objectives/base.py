@@ -46,6 +46,9 @@ class Objective:
     #  resume, say) -> (records, note)
     rewrite_train: Callable[..., tuple[list[dict], str]] | None = None
     reward: Callable[[list[str], list, "ObjectiveContext"], list[float]] | None = None  # (texts, prompt items, ctx)
+    # (model, this process's micro-batches of the step, ctx) -> those batches, with what the objective sampled:
+    # runs before any of the step's losses (GRPO samples the whole step first, as TRL's generation batch)
+    rollout: Callable[..., list[dict]] | None = None
 
 
 @dataclass
@@ -55,6 +58,7 @@ class ObjectiveContext:
     tokenizer: object = None  # for objectives that decode what they sample
     reward_errors: object = None  # `rewards.RewardErrors` of the run, for objectives that score samples
     token_losses: Callable = token_losses  # (model, batch) -> per-position losses and mask
+    sum_over_ranks: Callable[[float], float] = lambda value: value  # a step total over all processes
 
 
 PLAIN = ObjectiveContext()  # no knobs, no reference: for losses that need neither

@@ -164,6 +164,14 @@ class Dist:
         loss, tokens, *rest = values.tolist()
         return loss, round(tokens), dict(zip(keys, rest))
 
+    def sum_value(self, value: float) -> float:
+        """`value` summed over all ranks (itself with one process)."""
+        if self.world == 1:
+            return value
+        total = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return float(total.item())
+
     def any(self, flag: bool) -> bool:
         """True on every rank when it is True on one: a Ctrl-C reaches the ranks at slightly different times."""
         if self.world == 1:

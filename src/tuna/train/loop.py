@@ -4,7 +4,7 @@ It knows methods and objectives only through their interfaces (`methods.base`, `
 and the objective's data kind (`data.kinds`); it never asks which one runs.
 
 One optimizer step = `grad_accum` micro-batches; the loss is normalised by the step's total loss
-weight (the data kind's: target tokens, sequences or pairs) so accumulation is exact. Checkpoints
+weight (the data kind's `batch_weight`, summed) so accumulation is exact. Checkpoints
 happen only at step boundaries; Ctrl-C asks the loop to stop at the next one and save, so every
 checkpoint is a state an uninterrupted run also passed through.
 Under torchrun each step's micro-batches are shared among the processes and the step stays the same
@@ -265,7 +265,8 @@ def prepare_model_and_data(recipe: Recipe, dist, method: Method, objective: Obje
     chunk = recipe.train.loss_chunk_tokens
     ctx = ObjectiveContext(knobs, reference_logits(model, frozen) if live_reference else None, tokenizer=tokenizer,
                            reward_errors=reward_errors,
-                           token_losses=partial(chunked_token_losses, chunk_tokens=chunk) if chunk else token_losses)
+                           token_losses=partial(chunked_token_losses, chunk_tokens=chunk) if chunk else token_losses,
+                           sum_over_ranks=dist.sum_value)
     return model, splits, ctx
 
 
@@ -401,7 +402,10 @@ def train_step(run: Run) -> tuple[float, int, dict, float]:
     step_weight = sum(kind.batch_weight(b) for b in micro) or 1.0
     loss_value, step_tokens, step_stats = 0.0, 0, {}
     with explain_out_of_memory(run.recipe, run.step + 1, last_checkpoint=lambda: checkpoint.checkpoints(run.checkpoints)):
-        for batch in run.dist.share(micro):
+        mine = run.dist.share(micro)
+        if run.objective.rollout:
+            mine = run.objective.rollout(run.model, mine, run.ctx)
+        for batch in mine:
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with autocast(run.precision, device), saved_tensors(cfg.offload_activations, device):
                 loss, stats = run.objective.loss(run.model, batch, step_weight, run.ctx)
