@@ -149,6 +149,9 @@ class Recipe(Section):
             raise ValueError(refusal.format(objective=self.objective))
         if self.data.batching == "packed" and not method.packs:
             raise ValueError(f"method {self.method} cannot keep packed examples apart; use data.batching: padded or sorted")
+        if self.train.loss_chunk_tokens is not None and not method.plain_forward:
+            raise ValueError(f"train.loss_chunk_tokens runs the decoder and the head apart, which method {self.method} "
+                             "does not allow; unset it")
         if self.train.loss_chunk_tokens is not None and not objective.chunked_loss:
             chunked = [name for name, o in OBJECTIVES.items() if o.chunked_loss]
             raise ValueError(f"train.loss_chunk_tokens applies to objectives {' and '.join(chunked)}, not {self.objective}")

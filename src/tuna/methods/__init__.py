@@ -4,13 +4,15 @@ from tuna.methods.chain_lora import ChainLora
 from tuna.methods.freeze import Freeze
 from tuna.methods.full import Full
 from tuna.methods.hft import Hft
+from tuna.methods.ia3 import Ia3
 from tuna.methods.longlora import LongLora
 from tuna.methods.lora import Dora, Lora, Rslora
+from tuna.methods.prompt_tuning import PromptTuning
 from tuna.methods.s2ft import S2ft
 from tuna.methods.sparse import Sparse
 
 REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in (Full, Freeze, Lora, Dora, Rslora, Hft, Sparse, S2ft,
-                                                               ChainLora, LongLora)}
+                                                                ChainLora, LongLora, Ia3, PromptTuning)}
 
 
 def build(recipe) -> Method:

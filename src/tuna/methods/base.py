@@ -26,6 +26,7 @@ class Method:
     sections: ClassVar[dict[str, type[Section]]] = {}  # config key -> knob model, for each section it reads
     shardable: ClassVar[bool] = False  # FSDP2 can shard it: its training is the model's own forward and backward
     packs: ClassVar[bool] = True  # works on packed batches (examples back to back in one row)
+    plain_forward: ClassVar[bool] = True  # the model is its decoder plus its head (train.loss_chunk_tokens runs them apart)
 
     def __init__(self, **knobs: Section):
         unknown = set(knobs) - set(self.sections)

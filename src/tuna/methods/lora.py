@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tuna.errors import UserError
 from tuna.methods.base import Method
@@ -29,6 +29,13 @@ class LoraKnobs(Section):
         "default", description="adapter initialisation (PEFT): default is A random, B zero")
     plus_ratio: float | None = Field(None, ge=1.0, description="LoRA+: learning rate of B over that of A (paper: 16)")
     calibration_batches: int = Field(8, ge=1, description="micro-batches EVA and CorDA read to initialise")
+    freeze_a: bool = Field(False, description="LoRA-FA: A keeps its random initialisation and only B trains")
+
+    @model_validator(mode="after")
+    def _freeze_a_needs_a_random_a(self) -> "LoraKnobs":
+        if self.freeze_a and self.init not in ("default", "gaussian"):
+            raise ValueError(f"lora.freeze_a (LoRA-FA) keeps a random A frozen; lora.init: {self.init} is not random")
+        return self
 
 
 PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "eva": "eva",
@@ -130,6 +137,10 @@ class Lora(Method):
             self._workdir = tempfile.TemporaryDirectory(prefix="tuna-lora-init-")
             self.initial_adapter = Path(self._workdir.name) / "lora_init"
             model.save_pretrained(self.initial_adapter)
+        if cfg.freeze_a:  # LoRA-FA: the down-projection stays as initialised, so only B (and its moments) train
+            for name, p in model.named_parameters():
+                if ".lora_A." in name:
+                    p.requires_grad_(False)
         return model
 
     def save_final(self, model, out):

@@ -15,9 +15,11 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
 def model_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits for a padded or packed batch. No cache: with one, transformers would not detect packed rows
-    in its eager/SDPA masks."""
-    return model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).logits
+    """Logits for a padded or packed batch, one per input position. No cache: with one, transformers would not
+    detect packed rows in its eager/SDPA masks. A model that puts virtual tokens before the input (prompt
+    tuning) returns their positions too; the input's are the last ones."""
+    logits = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).logits
+    return logits[:, -batch["input_ids"].shape[1]:]
 
 
 def next_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
