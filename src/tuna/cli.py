@@ -92,6 +92,7 @@ def add_generate_command(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("generate", parents=[common], help="generate a reply to one prompt",
                        description="Generate from a model alias, checkpoint directory, .gguf file or run directory.")
     add_model_arg(p)
+    add_proxy_args(p)
     p.add_argument("--prompt", required=True, help="the user message (or raw text with --raw)")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--raw", action="store_true", help="feed the prompt as plain text, without the chat template")
@@ -117,6 +118,7 @@ def add_eval_command(sub, common: argparse.ArgumentParser) -> None:
                                    "each record's choices by log-likelihood. Needle in a haystack: "
                                    "tuna eval needle -h. Metrics and formats: docs/evaluation.md.")
     add_model_arg(p)
+    add_proxy_args(p)
     p.add_argument("--data", help="JSONL, JSON, Parquet, CSV or datasets directory")
     p.add_argument("--suite", choices=["general"], help="instead of --data: the built-in forgetting probe "
                    "(general-text perplexity and general multiple choice), with the change from --base")
@@ -196,14 +198,19 @@ def add_data_command(sub, common: argparse.ArgumentParser) -> None:
 
 
 def add_export_command(sub, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("export", parents=[common], help="export a run as a merged transformers checkpoint",
+    p = sub.add_parser("export", parents=[common], help="export a run as a merged checkpoint, or compress it (BitDelta)",
                        description="Merge a run's adapter or sparse delta into its base model and write a plain "
                                    "transformers checkpoint. With --apply-delta, add sparse deltas (from sparse or "
-                                   "s2ft runs) to MODEL one after another: deltas compose by addition.")
+                                   "s2ft runs) to MODEL one after another: deltas compose by addition. With "
+                                   "--bitdelta, store a full fine-tune's delta as one sign bit per weight and a "
+                                   "distilled scale per matrix (loadable by --model like a run).")
     p.add_argument("run_dir", metavar="RUN", help="a finished run directory (or, with --apply-delta, any model)")
-    p.add_argument("--merge", required=True, metavar="OUT", help="directory to write the merged checkpoint to")
+    p.add_argument("--merge", metavar="OUT", help="directory to write the merged checkpoint to")
     p.add_argument("--apply-delta", nargs="+", action="extend", default=[], metavar="DELTA",
                    help="sparse delta files or sparse/s2ft run directories to add")
+    p.add_argument("--bitdelta", metavar="OUT", help="directory to write the BitDelta compression of a full fine-tune to")
+    p.add_argument("--bitdelta-steps", type=int, default=100, metavar="N",
+                   help="with --bitdelta: Adam steps distilling the scales on the run's data (default 100)")
     p.set_defaults(run=cmd_export)
 
 
@@ -265,6 +272,12 @@ def add_model_arg(p: argparse.ArgumentParser) -> None:
                    help="alias (smollm2-135m), checkpoint directory, .gguf file, cached hub id or run directory")
 
 
+def add_proxy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--proxy", metavar="EXPERT", help="proxy-tuning: a small tuned model whose shift steers --model")
+    p.add_argument("--anti", metavar="BASE", help="proxy-tuning: the expert's untuned version; next-token logits are "
+                                                  "model + (proxy - anti), over one shared vocabulary")
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy (default)")
@@ -323,6 +336,20 @@ def _load(spec: str):
     return load_any(spec)
 
 
+def _load_steered(args):
+    """--model, proxy-tuned by --proxy EXPERT and --anti BASE when they are given."""
+    if (args.proxy is None) != (args.anti is None):
+        raise UserError("proxy-tuning needs both --proxy EXPERT and --anti BASE (the expert's untuned version)")
+    model, tokenizer = _load(args.model)
+    if args.proxy is None:
+        return model, tokenizer
+    from tuna.models.proxy import ProxyTuned, check_same_tokenizer
+
+    (expert, expert_tokenizer), (anti, anti_tokenizer) = _load(args.proxy), _load(args.anti)
+    check_same_tokenizer(tokenizer, expert_tokenizer, anti_tokenizer)
+    return ProxyTuned(model, expert, anti), tokenizer
+
+
 def _generate(model, tokenizer, prompt, args) -> str:
     from tuna.eval.generate import generate
 
@@ -331,7 +358,7 @@ def _generate(model, tokenizer, prompt, args) -> str:
 
 
 def cmd_generate(args) -> int:
-    model, tokenizer = _load(args.model)
+    model, tokenizer = _load_steered(args)
     if args.raw:
         prompt = args.prompt
     else:
@@ -374,7 +401,7 @@ def cmd_eval(args) -> int:
     records = read_records(args.data)
     if args.metric is not None:
         return eval_metrics(args, records)
-    model, tokenizer = _load(args.model)
+    model, tokenizer = _load_steered(args)
     items, stats = render_records(records, args.format, tokenizer, train_on=args.train_on,
                                   max_tokens=args.max_tokens, overflow="truncate")
     result = heldout_loss(model, items, batch_size=args.batch_size, pad_id=tokenizer.pad_token_id,
@@ -409,7 +436,7 @@ def eval_metrics(args, records: list[dict]) -> int:
     generation = generation_options(args)
     items = read_task(records)
     check_supported(items, metrics)
-    model, tokenizer = _load(args.model)
+    model, tokenizer = _load_steered(args)
     summary, rows = evaluate_task(model, tokenizer, items, metrics, max_new_tokens=args.max_new_tokens,
                                   batch_size=args.batch_size, generation=generation)
     summary = {**summary, "model": args.model, "data": args.data}
@@ -503,8 +530,22 @@ def default_out(kind: str) -> str:
 
 
 def cmd_export(args) -> int:
-    from tuna.export import export_merged
+    from tuna.export import export_bitdelta, export_merged
 
+    if (args.merge is None) == (args.bitdelta is None):
+        raise UserError("tuna export needs one of --merge OUT or --bitdelta OUT")
+    if args.bitdelta is not None:
+        if args.apply_delta:
+            raise UserError("--apply-delta goes with --merge, not --bitdelta")
+        if args.bitdelta_steps < 0:
+            raise UserError("--bitdelta-steps must be 0 or more")
+        done = export_bitdelta(args.run_dir, args.bitdelta, steps=args.bitdelta_steps)
+        print(f"BitDelta written to {done['out']}: {done['bytes']:,} bytes for {done['matrices']} matrices as signs "
+              f"(+ {done['exact_tensors']} small tensors exact), against {done['full_bytes']:,} bytes of the full "
+              f"model ({done['full_bytes'] / done['bytes']:.1f}x smaller); logit MSE to the fine-tune "
+              f"{done['distillation_mse_before']:.4g} -> {done['distillation_mse_after']:.4g} after "
+              f"{done['steps']} distillation steps")
+        return 0
     print(f"merged checkpoint written to {export_merged(args.run_dir, args.merge, args.apply_delta)}")
     return 0
 

@@ -49,9 +49,16 @@ class DataConfig(Section):
                                                             "packed: examples packed into rows of max_tokens")
     packing: bool = Field(False, description="shorthand for batching: packed")
     pause_tokens: PauseConfig | None = Field(None, description="Pause-tuning: pause markers between segments of long inputs")
+    drop_question: bool = Field(False, description="QFFT: the training split loses its questions and trains on the "
+                                "responses alone (the held-out split keeps them)")
+    prompt_variants: str | None = Field(None, description="PAFT: a file of paraphrased instructions; each step, each "
+                                        "training example takes one of them (or its own) at random")
 
     @model_validator(mode="after")
     def _check_split(self) -> "DataConfig":
+        if self.drop_question and self.prompt_variants is not None:
+            raise ValueError("data.drop_question removes the instructions that data.prompt_variants paraphrases; "
+                             "choose one")
         if isinstance(self.eval_split, float) and not 0.0 <= self.eval_split < 1.0:
             raise ValueError("eval_split must be a fraction in [0, 1) or a file path")
         if self.packing and self.batching != "packed":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from tuna.data.packing import best_fit_decreasing, collate_packed
+from tuna.data.prompt_variants import choices
 from tuna.data.render import IGNORE, Rendered
 
 
@@ -78,10 +79,13 @@ class TrainBatches:
     (`data.kinds`); `packed` applies to kinds whose items are single sequences."""
 
     def __init__(self, items: list, kind, *, batching: str, batch_size: int, max_tokens: int, weighting: str,
-                 pad_id: int, seed: int):
+                 pad_id: int, seed: int, versions: list[list] | None = None):
+        """`versions[i]`: item i in each of its versions (PAFT), of which each batch draws one per item."""
         self.items, self.kind, self.batching, self.batch_size = items, kind, batching, batch_size
         self.weighting, self.pad_id, self.seed, self.max_tokens = weighting, pad_id, seed, max_tokens
-        self.lengths = [kind.length(item) for item in items]
+        self.versions = versions
+        self.lengths = [max(kind.length(v) for v in versions[i]) if versions else kind.length(item)
+                        for i, item in enumerate(items)]  # the longest version, so packed rows always fit
         self.bins = best_fit_decreasing(self.lengths, max_tokens) if batching == "packed" else None
         self.epoch, self.cursor = 0, 0
         self._plan: list[list[int]] | None = None
@@ -117,7 +121,12 @@ class TrainBatches:
         return self._plan[self.cursor - 1]
 
     def next(self) -> dict[str, torch.Tensor]:
-        items = [self.items[i] for i in self.next_indices()]
+        indices = self.next_indices()
+        if self.versions:
+            picks = choices(self.seed, self.epoch, self.cursor, len(indices), len(self.versions[0]))
+            items = [self.versions[i][k] for i, k in zip(indices, picks)]
+        else:
+            items = [self.items[i] for i in indices]
         if self.bins is not None:
             return collate_packed(items, [target_weights(item, self.weighting) for item in items])
         return self.kind.collate(items, self.pad_id, self.weighting)

@@ -102,6 +102,8 @@ def refuse_for_pairs(data_cfg, train_cfg) -> str | None:
                    "data.train_on: all": data_cfg.train_on == "all",
                    "data.mask_thought_ratio": data_cfg.mask_thought_ratio > 0,
                    "data.pause_tokens": data_cfg.pause_tokens is not None,
+                   "data.drop_question": data_cfg.drop_question,
+                   "data.prompt_variants": data_cfg.prompt_variants is not None,
                    "train.loss_weighting: sequence": train_cfg.loss_weighting == "sequence"}
     named = [knob for knob, is_set in unsupported.items() if is_set]
     if named:
@@ -144,9 +146,10 @@ def render_prompt_items(records: list[dict], data_cfg, tokenizer) -> tuple[list[
 
 
 def refuse_for_prompts(data_cfg, train_cfg) -> str | None:
-    if data_cfg.batching == "packed" or data_cfg.mask_thought_ratio > 0:
-        return ("objective {objective} trains on its own sampled completions; data.batching: packed and "
-                "data.mask_thought_ratio do not apply")
+    if (data_cfg.batching == "packed" or data_cfg.mask_thought_ratio > 0 or data_cfg.drop_question
+            or data_cfg.prompt_variants is not None):
+        return ("objective {objective} trains on its own sampled completions; data.batching: packed, "
+                "data.mask_thought_ratio, data.drop_question and data.prompt_variants do not apply")
     return None
 
 

@@ -31,4 +31,8 @@ ANY_METHOD_KNOBS = (
      "NEFTune: Noisy Embeddings Improve Instruction Finetuning"),
     ("data.mask_thought_ratio", "mask a fraction of the response's input tokens, labels unchanged",
      "Masked Thought: Simply Masking Partial Reasoning Steps Can Improve Mathematical Reasoning Learning"),
+    ("data.drop_question", "train on the responses alone, questions removed", "QFFT, Question-Free Fine-Tuning for "
+     "Adaptive Reasoning"),
+    ("data.prompt_variants", "each step, each example under a random paraphrase of its instruction",
+     "PAFT: Prompt-Agnostic Fine-Tuning"),
 )

@@ -15,7 +15,7 @@ import torch
 
 from tuna import rundir
 from tuna.errors import UserError
-from tuna.models import sparse_delta
+from tuna.models import bitdelta, sparse_delta
 from tuna.models.gguf_cache import cached_checkpoint, embedded_gguf
 from tuna.models.rope import RopeScaling, apply_rope_scaling
 
@@ -90,8 +90,13 @@ def base_model_of(spec: str) -> str | None:
 
 
 def load_any(spec: str, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) for a base model spec or a finished run directory."""
+    """(model, tokenizer) for a base model spec, a finished run directory or a BitDelta directory."""
     path = Path(spec).expanduser()
+    if bitdelta.is_bitdelta(path):
+        base, signs, scales, exact = bitdelta.load(path)
+        model, _ = load_any(base, dtype)
+        bitdelta.apply(model, signs, scales, exact)
+        return model, load_tokenizer(str(path))
     if not rundir.is_run_dir(path):
         return load_base(spec, dtype)
     import yaml

@@ -214,7 +214,7 @@ def setup(recipe: Recipe, dist: distributed.Dist, *, resume: bool, allow_data_ch
     dist.shard(model, precision)  # fsdp: before the optimizer, which must hold the sharded parameters
     batches = TrainBatches(splits.train, objective.kind, batching=recipe.data.batching, batch_size=cfg.micro_batch_size,
                            max_tokens=recipe.data.max_tokens, weighting=cfg.loss_weighting,
-                           pad_id=tokenizer.pad_token_id, seed=cfg.seed)
+                           pad_id=tokenizer.pad_token_id, seed=cfg.seed, versions=splits.train_versions)
     max_steps = cfg.max_steps or math.ceil(cfg.epochs * batches.batches_per_epoch / (cfg.grad_accum * dist.world))
     optimizer = build_optimizer(model, recipe, method, cfg.lr or method.default_lr)
     from transformers import get_scheduler
