@@ -7,7 +7,6 @@ No file under src/ knows them.
 """
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch

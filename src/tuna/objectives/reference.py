@@ -7,7 +7,6 @@ it is a frozen copy of the model taken before the method prepared it.
 from __future__ import annotations
 
 import copy
-import contextlib
 
 import torch
 

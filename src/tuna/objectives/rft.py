@@ -14,22 +14,20 @@ instead of sampling again (when they were made for the same records).
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from tuna.atomic import atomic_write_text
-from tuna.data.formats import answer_of, detect_format, with_answer
+from tuna.data.formats import answer_of, with_answer
 from tuna.data.kinds import SEQUENCES
 from tuna.data.prompts import render_prompts
 from tuna.data.read import Records
-from tuna.errors import UserError
 from tuna.models.generate import generate_ids
 from tuna.objectives import sft
 from tuna.objectives.base import Objective
+from tuna.objectives.own_answers import answered_format, verdicts_once
 from tuna.objectives.rewards import RewardKnobs, check_records, score
 
 SAMPLES = "rft.jsonl"
@@ -95,18 +93,11 @@ def sample_and_judge(records: list[dict], fmt: str, model, tokenizer, knobs: Rft
 def rewrite_train(records: list[dict], knobs: RftKnobs, model, tokenizer, *, data_format: str, max_tokens: int,
                   batch_size: int, run_dir: Path, errors, resume: bool = False, say=print) -> tuple[Records, str]:
     """Every gold record followed by its kept samples (as records with the sample as the answer), and a note."""
-    fmt = detect_format(records) if data_format == "auto" else data_format
-    if fmt not in ("messages", "instruction", "prompt_completion"):
-        raise UserError(f"objective rft needs prompts with gold answers (messages, instruction or "
-                        f"prompt_completion data), not {fmt!r}")
+    fmt = answered_format(records, data_format, "rft")
     path = Path(run_dir) / SAMPLES
-    verdicts = read_verdicts(path, records, fmt) if resume else None
-    if verdicts is None:
-        verdicts = sample_and_judge(records, fmt, model, tokenizer, knobs, errors, max_tokens=max_tokens,
-                                    batch_size=batch_size)
-        atomic_write_text(path, "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in verdicts))
-    else:
-        say(f"rft: samples read from {path}")
+    verdicts = verdicts_once(path, records, fmt, lambda: sample_and_judge(
+        records, fmt, model, tokenizer, knobs, errors, max_tokens=max_tokens, batch_size=batch_size),
+        resume=resume, say=say, what="rft: samples")
     kept = {v["index"]: v["kept"] for v in verdicts}
     origins = getattr(records, "origins", [f"record {i + 1}" for i in range(len(records))])
     out, out_origins = [], []
@@ -121,16 +112,6 @@ def rewrite_train(records: list[dict], knobs: RftKnobs, model, tokenizer, *, dat
     note = (f"rft added {added} correct distinct samples to {len(records)} gold records ({with_any} prompts had one; "
             f"{knobs.samples} sampled per prompt; in {path})")
     return Records(out, out_origins), note
-
-
-def read_verdicts(path: Path, records: list[dict], fmt: str) -> list[dict] | None:
-    """The saved samples, when they were made for exactly these records."""
-    if not path.is_file():
-        return None
-    verdicts = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if any(v["index"] >= len(records) or v["gold"] != answer_of(records[v["index"]], fmt) for v in verdicts):
-        return None
-    return verdicts
 
 
 OBJECTIVE = Objective(name="rft", summary="rejection sampling: SFT on gold answers plus the model's own correct, "

@@ -14,19 +14,17 @@ run directory, and a resumed run reads them back instead of generating again.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from tuna.atomic import atomic_write_text
 from pydantic import Field
 
-from tuna.data.formats import answer_of, detect_format, with_answer
+from tuna.data.formats import answer_of, with_answer
 from tuna.data.kinds import SEQUENCES
 from tuna.data.prompts import render_prompts
-from tuna.errors import UserError
 from tuna.models.generate import greedy_batches
 from tuna.objectives import sft
 from tuna.objectives.base import Objective
+from tuna.objectives.own_answers import answered_format, verdicts_once
 from tuna.objectives.rewards import RewardKnobs, check_records, score
 
 JUDGEMENTS = "self_sft.jsonl"
@@ -70,36 +68,14 @@ def rewrite_train(records: list[dict], knobs: SelfSftKnobs, model, tokenizer, *,
                   batch_size: int, run_dir: Path, errors, resume: bool = False, say=print) -> tuple[list[dict], str]:
     """The training records S3FT trains on, and a note of how many it replaced. A resumed run reuses
     the judgements saved by its first start; a new run always judges afresh."""
-    fmt = detect_format(records) if data_format == "auto" else data_format
-    if fmt not in ("messages", "instruction", "prompt_completion"):
-        raise UserError(f"objective self_sft needs prompts with gold responses (messages, instruction or "
-                        f"prompt_completion data), not {fmt!r}")
+    fmt = answered_format(records, data_format, "self_sft")
     path = Path(run_dir) / JUDGEMENTS
-    judgements = read_judgements(path, records, fmt) if resume else None
-    if judgements is None:
-        judgements = judge_own_responses(records, fmt, model, tokenizer, knobs, errors, max_tokens=max_tokens,
-                                         batch_size=batch_size)
-        write_judgements(path, judgements)
-    else:
-        say(f"self_sft: judgements read from {path}")
+    judgements = verdicts_once(path, records, fmt, lambda: judge_own_responses(
+        records, fmt, model, tokenizer, knobs, errors, max_tokens=max_tokens, batch_size=batch_size),
+        resume=resume, say=say, what="self_sft: judgements")
     replaced = sum(j["accepted"] for j in judgements)
     note = f"self_sft replaced {replaced} of {len(records)} gold responses with the model's own (judged in {path})"
     return apply_judgements(records, fmt, judgements), note
-
-
-def read_judgements(path: Path, records: list[dict], fmt: str) -> list[dict] | None:
-    """The saved judgements, when they were made for exactly these records."""
-    if not path.is_file():
-        return None
-    judgements = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for j in judgements:
-        if j["index"] >= len(records) or j["gold"] != answer_of(records[j["index"]], fmt):
-            return None
-    return judgements
-
-
-def write_judgements(path: Path, judgements: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(j, ensure_ascii=False) + "\n" for j in judgements))
 
 
 OBJECTIVE = Objective(name="self_sft", summary="SFT on the model's own responses where a judge accepts them, gold "
