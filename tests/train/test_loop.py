@@ -16,9 +16,9 @@ def losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in read_metrics(run_dir / "metrics.jsonl")}
 
 
-def failing_objective(monkeypatch, at_call: int, failure):
-    """Make the SFT objective misbehave on its `at_call`-th call (a crash, or a NaN loss)."""
-    real, calls = OBJECTIVES["sft"], {"n": 0}
+def failing_objective(monkeypatch, at_call: int, failure, name: str = "sft"):
+    """Make an objective (SFT by default) misbehave on its `at_call`-th call (a crash, or a NaN loss)."""
+    real, calls = OBJECTIVES[name], {"n": 0}
 
     def loss(model, batch, total, ctx):
         calls["n"] += 1
@@ -29,7 +29,7 @@ def failing_objective(monkeypatch, at_call: int, failure):
             value = value * float("nan")
         return value, stats
 
-    monkeypatch.setitem(OBJECTIVES, "sft", dataclasses.replace(real, loss=loss))
+    monkeypatch.setitem(OBJECTIVES, name, dataclasses.replace(real, loss=loss))
 
 
 KNOBS = {"train": {"neftune_alpha": 5.0}, "data": {"mask_thought_ratio": 0.2},
@@ -48,16 +48,20 @@ KNOBS = {"train": {"neftune_alpha": 5.0}, "data": {"mask_thought_ratio": 0.2},
     ("full", {"optim": {"offload": True}}), ("chain_lora", {"chain_lora": {"rounds": 4}, "optim": {"offload": True}}),
     ("full", {"optim": {"eight_bit": True}}),
     ("lora", {"lora": {"r": 4, "freeze_a": True}}), ("ia3", {}), ("prompt_tuning", {"prompt_tuning": {"virtual_tokens": 4}}),
+    ("lora", {"objective": "otr", "otr": {"samples": 4}}),
+    ("lora", {"objective": "rft", "rft": {"samples": 2, "max_new_tokens": 4}}),
+    ("lora", {"data": {"drop_question": True}}),
 ], ids=["lora", "full", "hft", "sparse", "sparse+regrow", "s2ft", "chain_lora", "lora+knobs", "dora", "pissa", "packed+sequence",
         "sorted", "longlora", "full+offload", "chain_lora+offload", "full+8bit",
-        "lora_fa", "ia3", "prompt_tuning"])
+        "lora_fa", "ia3", "prompt_tuning", "otr", "rft", "qfft"])
 def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(tiny_recipe, tmp_path, monkeypatch, method, extra):
     train_options = {"max_steps": 8, "save_every": 2, "lr": 5e-3, **extra.get("train", {})}
     options = dict(method=method, **{**extra, "train": train_options})
     whole = train(tiny_recipe(**options, output_dir=str(tmp_path / "whole")), progress=False)
     assert whole.steps == 8
 
-    failing_objective(monkeypatch, at_call=6, failure="crash")  # dies during step 6; step 4 is the last checkpoint
+    # dies during step 6; step 4 is the last checkpoint
+    failing_objective(monkeypatch, at_call=6, failure="crash", name=extra.get("objective", "sft"))
     crashed = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(tiny_recipe(**options, output_dir=str(crashed)), progress=False)
