@@ -35,20 +35,11 @@ def export_merged(source: str | Path, out: str | Path, deltas: list[str] = ()) -
 
 def export_bitdelta(run: str | Path, out: str | Path, *, steps: int = 100, batches: int = 8, batch_size: int = 4,
                     lr: float = 1e-4, seed: int = 0, progress: bool = True) -> dict:
-    """Compress a full fine-tune to BitDelta in `out` and distil its scales; returns what was measured.
-
-    The scales are trained, signs fixed, to make the compressed model's logits match the fine-tune's
-    (mean squared error over the vocabulary, Adam), on `batches` micro-batches of the run's own training
-    data, as the paper distils on a few hundred samples of generic text."""
-    import torch
-    from torch.func import functional_call
-    from tqdm.auto import tqdm
-
+    """Compress a full fine-tune to BitDelta in `out`, its scales distilled on `batches` micro-batches of the
+    run's own training data (the paper distils on a few hundred samples of generic text); returns what
+    was measured."""
     from tuna.config import load_recipe
-    from tuna.data.batch import collate
-    from tuna.data.dataset import load_splits
     from tuna.models import bitdelta
-    from tuna.models.forward import MODEL_INPUTS
     from tuna.models.load import load_base
 
     run, out = Path(run), Path(out)
@@ -63,39 +54,26 @@ def export_bitdelta(run: str | Path, out: str | Path, *, steps: int = 100, batch
     tuned, tokenizer = load_any(str(run))
     base, _ = load_base(recipe.model.name)
     signs, scales, exact = bitdelta.compress(base, tuned)
-    items = load_splits(recipe.data, tokenizer, seed).train
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()[: batches * batch_size]
-    calibration = [collate([items[i] for i in order[s : s + batch_size]], tokenizer.pad_token_id)
-                   for s in range(0, len(order), batch_size)]
-    tuned.eval()
-    base.eval().requires_grad_(False)
-    with torch.no_grad():
-        targets = [tuned(**{k: b[k] for k in MODEL_INPUTS if k in b}).logits for b in calibration]
-    base_params = dict(base.named_parameters())
-    alphas = {name: torch.nn.Parameter(scale.clone()) for name, scale in scales.items()}
-
-    def distillation_loss(batch, target) -> torch.Tensor:
-        weights = {name: base_params[name] + alphas[name] * signs[name] for name in signs}
-        weights.update({name: base_params[name] + delta for name, delta in exact.items()})
-        logits = functional_call(base, weights, kwargs={k: batch[k] for k in MODEL_INPUTS if k in batch}).logits
-        keep = batch["attention_mask"].bool()
-        return ((logits - target) ** 2)[keep].mean()
-
-    def mean_loss() -> float:
-        with torch.no_grad():
-            return sum(float(distillation_loss(b, t)) for b, t in zip(calibration, targets)) / len(calibration)
-
-    before = mean_loss()
-    optimizer = torch.optim.Adam(list(alphas.values()), lr=lr)
-    for step in tqdm(range(steps), desc="bitdelta: distil scales", disable=not progress, leave=False):
-        optimizer.zero_grad()
-        distillation_loss(calibration[step % len(calibration)], targets[step % len(targets)]).backward()
-        optimizer.step()
-    after = mean_loss()
+    calibration = run_batches(recipe, tokenizer, batches, batch_size, seed)
+    scales, before, after = bitdelta.distil(base, tuned, signs, scales, exact, calibration, steps=steps, lr=lr,
+                                            progress=progress)
     with atomic_directory(out) as tmp:
-        bitdelta.save(tmp, recipe.model.name, signs, {n: a.detach() for n, a in alphas.items()}, exact)
+        bitdelta.save(tmp, recipe.model.name, signs, scales, exact)
         tokenizer.save_pretrained(tmp)
     full = sum(f.stat().st_size for f in (run / rundir.FINAL).glob("*.safetensors"))
     return {"out": str(out), "bytes": (out / bitdelta.FILE).stat().st_size, "full_bytes": full,
             "matrices": len(signs), "exact_tensors": len(exact), "distillation_mse_before": before,
             "distillation_mse_after": after, "steps": steps}
+
+
+def run_batches(recipe, tokenizer, batches: int, batch_size: int, seed: int) -> list[dict]:
+    """`batches` collated micro-batches of a seeded sample of the run's training split."""
+    import torch
+
+    from tuna.data.batch import collate
+    from tuna.data.dataset import load_splits
+
+    items = load_splits(recipe.data, tokenizer, seed).train
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()[: batches * batch_size]
+    return [collate([items[i] for i in order[s : s + batch_size]], tokenizer.pad_token_id)
+            for s in range(0, len(order), batch_size)]

@@ -60,6 +60,42 @@ def apply(model, signs: dict[str, torch.Tensor], scales: dict[str, torch.Tensor]
         params[name].add_(delta.to(params[name].dtype))
 
 
+def distil(base, tuned, signs, scales, exact, batches: list[dict], *, steps: int, lr: float,
+           progress: bool = False) -> tuple[dict[str, torch.Tensor], float, float]:
+    """The scales trained (signs fixed, Adam) so that base + α·sign(Δ) gives the fine-tune's logits: the mean
+    squared logit error over real tokens. Returns (scales, error before, error after)."""
+    from torch.func import functional_call
+    from tqdm.auto import tqdm
+
+    from tuna.models.forward import MODEL_INPUTS
+
+    inputs = [{k: b[k] for k in MODEL_INPUTS if k in b} for b in batches]
+    tuned.eval()
+    base.eval().requires_grad_(False)
+    with torch.no_grad():
+        targets = [tuned(**x).logits for x in inputs]
+    base_params = dict(base.named_parameters())
+    alphas = {name: torch.nn.Parameter(scale.clone()) for name, scale in scales.items()}
+
+    def error(x: dict, target: torch.Tensor) -> torch.Tensor:
+        weights = {name: base_params[name] + alphas[name] * signs[name] for name in signs}
+        weights.update({name: base_params[name] + delta for name, delta in exact.items()})
+        logits = functional_call(base, weights, kwargs=x).logits
+        return ((logits - target) ** 2)[x["attention_mask"].bool()].mean()
+
+    def mean_error() -> float:
+        with torch.no_grad():
+            return sum(float(error(x, t)) for x, t in zip(inputs, targets)) / len(inputs)
+
+    before = mean_error()
+    optimizer = torch.optim.Adam(list(alphas.values()), lr=lr)
+    for step in tqdm(range(steps), desc="bitdelta: distil scales", disable=not progress, leave=False):
+        optimizer.zero_grad()
+        error(inputs[step % len(inputs)], targets[step % len(targets)]).backward()
+        optimizer.step()
+    return {name: a.detach() for name, a in alphas.items()}, before, mean_error()
+
+
 def save(out: Path, base_spec: str, signs, scales, exact) -> None:
     tensors = {}
     shapes = {}
