@@ -95,3 +95,38 @@ def test_prompt_tuning_refuses_what_runs_the_decoder_without_its_tokens(tiny_rec
         tiny_recipe(method="prompt_tuning", data={"batching": "packed"})
     with pytest.raises(UserError, match="loss_chunk_tokens runs the decoder and the head apart"):
         tiny_recipe(method="prompt_tuning", train={"loss_chunk_tokens": 8})
+
+
+def test_prefix_tuning_trains_only_its_prefixes_and_generates_what_its_forward_pass_predicts(tiny_model_dir,
+                                                                                               tiny_recipe):
+    from tuna.models.generate import generate_ids, nucleus_sample
+
+    base, tokenizer = load_base(str(tiny_model_dir))
+    untouched = {n: p.detach().clone() for n, p in base.named_parameters()}
+    model = REGISTRY["prefix"].from_recipe(tiny_recipe(method="prefix", prefix={"virtual_tokens": 3})).prepare(base)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["prompt_encoder.default.embedding.weight"]
+    batch = batch_of(tokenizer)
+    adam_steps(model, batch, lr=0.5)
+    prompt = [5, 6, 7, 8]
+    out = generate_ids(model, [prompt], pad_id=0, eos_id=-1, max_new_tokens=5)[0]
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for token in out:  # each generated token is the argmax of a full forward pass with the prefix
+            assert token == int(model_logits(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})[0, -1]
+                                .argmax())
+            ids = torch.cat([ids, torch.tensor([[token]])], 1)
+    with model.disable_adapter():
+        plain = generate_ids(model, [prompt], pad_id=0, eos_id=-1, max_new_tokens=5)[0]
+    assert plain != out  # the prefix is used when generating (transformers 5's generate would drop it)
+    for name, p in model.get_base_model().named_parameters():
+        assert torch.equal(p, untouched[name]), name
+    logits = torch.tensor([0.1, 3.0, 0.2, 2.9])
+    assert all(int(nucleus_sample(logits, 1e-6)) == 1 for _ in range(20))  # top_p ~ 0 keeps the argmax only
+
+
+def test_a_prefix_run_trains_saves_and_generates(tiny_recipe, tmp_path):
+    from tuna.cli import main
+
+    result = train(tiny_recipe(method="prefix", prefix={"virtual_tokens": 3}, train={"max_steps": 2, "lr": 0.05}),
+                   progress=False)
+    assert main(["generate", "--model", result.run_dir, "--prompt", "hello", "--max-new-tokens", "3"]) == 0

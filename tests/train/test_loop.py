@@ -50,10 +50,10 @@ KNOBS = {"train": {"neftune_alpha": 5.0}, "data": {"mask_thought_ratio": 0.2},
     ("lora", {"lora": {"r": 4, "freeze_a": True}}), ("ia3", {}), ("prompt_tuning", {"prompt_tuning": {"virtual_tokens": 4}}),
     ("lora", {"objective": "otr", "otr": {"samples": 4}}),
     ("lora", {"objective": "rft", "rft": {"samples": 2, "max_new_tokens": 4}}),
-    ("lora", {"data": {"drop_question": True}}),
+    ("lora", {"data": {"drop_question": True}}), ("prefix", {"prefix": {"virtual_tokens": 3}}),
 ], ids=["lora", "full", "hft", "sparse", "sparse+regrow", "s2ft", "chain_lora", "lora+knobs", "dora", "pissa", "packed+sequence",
         "sorted", "longlora", "full+offload", "chain_lora+offload", "full+8bit",
-        "lora_fa", "ia3", "prompt_tuning", "otr", "rft", "qfft"])
+        "lora_fa", "ia3", "prompt_tuning", "otr", "rft", "qfft", "prefix"])
 def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(tiny_recipe, tmp_path, monkeypatch, method, extra):
     train_options = {"max_steps": 8, "save_every": 2, "lr": 5e-3, **extra.get("train", {})}
     options = dict(method=method, **{**extra, "train": train_options})

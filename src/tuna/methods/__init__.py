@@ -7,12 +7,13 @@ from tuna.methods.hft import Hft
 from tuna.methods.ia3 import Ia3
 from tuna.methods.longlora import LongLora
 from tuna.methods.lora import Dora, Lora, Rslora
-from tuna.methods.prompt_tuning import PromptTuning
+from tuna.methods.prompt_tuning import Prefix, PromptTuning
 from tuna.methods.s2ft import S2ft
 from tuna.methods.sparse import Sparse
 
 REGISTRY: dict[str, type[Method]] = {cls.name: cls for cls in (Full, Freeze, Lora, Dora, Rslora, Hft, Sparse, S2ft,
-                                                                ChainLora, LongLora, Ia3, PromptTuning)}
+                                                                ChainLora, LongLora, Ia3, PromptTuning,
+                                                                Prefix)}
 
 
 def build(recipe) -> Method:

@@ -1,4 +1,4 @@
-"""Prompt tuning: a few trainable virtual-token embeddings put before every input; the model stays frozen.
+"""Prompt tuning and prefix tuning: trainable virtual tokens before every input; the model stays frozen.
 
 "The Power of Scale for Parameter-Efficient Prompt Tuning" (Lester et al.): `prompt_tuning.virtual_tokens`
 embeddings are prepended to the input embeddings and are the only parameters that train. They start
@@ -39,6 +39,36 @@ class PromptTuning(Method):
         init = PromptTuningInit.SAMPLE_VOCAB if self.prompt_tuning.init == "sample_vocab" else PromptTuningInit.RANDOM
         config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.prompt_tuning.virtual_tokens,
                                     prompt_tuning_init=init)
+        return get_peft_model(model, config)
+
+    def adapter_off_is_base(self) -> bool:
+        return True
+
+
+class PrefixKnobs(Section):
+    virtual_tokens: int = Field(20, ge=1, le=512, description="trainable key/value positions put before every input, "
+                                                              "in every layer")
+
+
+class Prefix(Method):
+    """P-tuning v2 / prefix tuning ("Prefix-Tuning: Optimizing Continuous Prompts for Generation"; "P-Tuning v2"):
+    trainable keys and values for `prefix.virtual_tokens` positions in every layer's attention, without
+    the reparameterisation MLP (P-tuning v2's choice). PEFT implements it. transformers 5's `generate`
+    drops PEFT's prefix, so tuna generates from prefix-tuned models step by step (`models.generate`)."""
+
+    name = "prefix"
+    summary = "P-tuning v2: trainable key/value prefixes in every layer (PEFT prefix tuning); the model stays frozen"
+    paper = "P-Tuning v2: Prompt Tuning Can Be Comparable to Fine-tuning Universally Across Scales and Tasks"
+    default_lr = 1e-2
+    sections = {"prefix": PrefixKnobs}
+    packs = False
+    plain_forward = False
+
+    def prepare(self, model, calibration=None):
+        from peft import PrefixTuningConfig, get_peft_model
+
+        config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.prefix.virtual_tokens,
+                                    prefix_projection=False)
         return get_peft_model(model, config)
 
     def adapter_off_is_base(self) -> bool:
