@@ -580,7 +580,7 @@ def cmd_methods(args) -> int:
     from tuna.methods import ANY_METHOD_KNOBS, REGISTRY
 
     for m in REGISTRY.values():
-        print(f"{m.name:11} {m.summary}\n{'':11} knobs: {knob_names(m.sections) or '-'}; default lr "
+        print(f"{m.name:13} {m.summary}\n{'':13} knobs: {knob_names(m.sections) or '-'}; default lr "
               f"{m.default_lr:g}; paper: {m.paper}")
     from tuna.objectives import REGISTRY as OBJECTIVES
 
