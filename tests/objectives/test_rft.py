@@ -57,7 +57,8 @@ def test_dedupe_by_answer_keeps_one_path_per_final_answer(scripted, tmp_path):
     knobs = RftKnobs(samples=6, judge=["judges:judge"], dedupe="answer", answer_pattern=r"(\d+)\D*$")
     out, _ = rewrite_train(records(1), knobs, model, tokenizer, data_format="auto", max_tokens=64, batch_size=8,
                            run_dir=tmp_path, errors=RewardErrors(0))
-    assert [r["completion"] for r in out] == ["12"]  # every correct sample ends in 12, the gold answer's
+    # the correct samples all end in 12: the first that is not the gold text itself is the one kept
+    assert [r["completion"] for r in out] == ["12", "twelve: 12"]
 
 
 def test_a_resume_reads_the_samples_back(scripted, tmp_path, monkeypatch):

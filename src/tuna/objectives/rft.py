@@ -3,10 +3,11 @@ Language Models"): SFT on the gold answers plus the model's own correct, distinc
 
 Before training, the starting model samples `rft.samples` answers to every training prompt (KV-cached,
 batched, at `rft.temperature`). The reward functions of `rft.judge` (summed) score each against the
-record, as S3FT's judge does; an answer reaching `rft.accept_at` is correct. Correct answers are
-deduplicated per prompt (`rft.dedupe`): by the final answer that `rft.answer_pattern` extracts (one
-path per distinct answer), or by their normalised text (every distinct reasoning path, closer to the
-paper's distinct equation lists); an answer equal to the gold one adds nothing. Training is then plain
+record, as S3FT's judge does; an answer reaching `rft.accept_at` is correct. An answer whose text is
+the gold answer's adds nothing; the others are deduplicated per prompt (`rft.dedupe`): by their
+normalised text (every distinct reasoning path, closer to the paper's distinct equation lists), or by
+the final answer that `rft.answer_pattern` extracts (at most one sample per distinct final answer;
+for a task with one right answer, one sample per prompt). Training is then plain
 SFT on every gold record followed by its kept samples. The held-out split is untouched.
 
 Every sample and verdict goes to `rft.jsonl` in the run directory; a resumed run reads them back
@@ -79,10 +80,10 @@ def sample_and_judge(records: list[dict], fmt: str, model, tokenizer, knobs: Rft
         for k, item in enumerate(chunk):
             mine = list(zip(texts, scores))[k * knobs.samples : (k + 1) * knobs.samples]
             gold = answer_of(item.record, fmt)
-            seen, kept = {dedupe_key(gold, knobs)}, []
-            for text, value in mine:
+            seen, kept = set(), []
+            for text, value in mine:  # the gold answer is kept anyway: a sample that copies it adds nothing
                 key = dedupe_key(text, knobs)
-                if text and value >= knobs.accept_at and key not in seen:
+                if text and value >= knobs.accept_at and normalised(text) != normalised(gold) and key not in seen:
                     seen.add(key)
                     kept.append(text)
             verdicts.append({"index": item.index, "gold": gold, "kept": kept,
