@@ -72,6 +72,14 @@ def test_compare_trains_scores_records_failures_and_resumes(tiny_model_dir, chat
     run_compare(path, progress=False)
     assert trained == ["no-model"]
 
+    # A finished variant whose run directory is gone is trained again, not reported from results.json.
+    import shutil
+
+    shutil.rmtree(out / "variants" / "full")
+    trained.clear()
+    run_compare(path, progress=False)
+    assert trained == ["full", "no-model"]
+
 
 def test_compare_cli_exits_nonzero_when_a_variant_failed_and_2_on_a_bad_matrix(tiny_model_dir, chat_data, tmp_path,
                                                                              capsys):

@@ -217,7 +217,7 @@ def run_compare(matrix_path: str | Path, *, output_dir: str | None = None, progr
             continue
         config = recipe.to_yaml()
         previous = results["variants"].get(name, {})
-        if previous.get("status") == "done" and previous.get("config") == config:
+        if previous.get("status") == "done" and previous.get("config") == config and rundir.is_run_dir(folder / "run"):
             say(f"{tag}: done earlier, kept")
             continue
         if previous.get("config") not in (None, config) and folder.exists():
