@@ -24,25 +24,38 @@ class PromptTuningKnobs(Section):
                                                                                 "vocabulary tokens, or at random")
 
 
-class PromptTuning(Method):
+class VirtualTokens(Method):
+    """What prompt and prefix tuning share: PEFT's prompt learning over a frozen model. The virtual tokens
+    are not part of the decoder's own forward pass, so packing and chunked losses are refused."""
+
+    packs = False
+    plain_forward = False
+
+    def peft_config(self):
+        raise NotImplementedError
+
+    def prepare(self, model, calibration=None):
+        from peft import get_peft_model
+
+        return get_peft_model(model, self.peft_config())
+
+    def adapter_off_is_base(self) -> bool:
+        return True
+
+
+class PromptTuning(VirtualTokens):
     name = "prompt_tuning"
     summary = "train a few virtual-token embeddings put before every input (PEFT); the model stays frozen"
     paper = "The Power of Scale for Parameter-Efficient Prompt Tuning"
     default_lr = 3e-2
     sections = {"prompt_tuning": PromptTuningKnobs}
-    packs = False
-    plain_forward = False
 
-    def prepare(self, model, calibration=None):
-        from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+    def peft_config(self):
+        from peft import PromptTuningConfig, PromptTuningInit
 
         init = PromptTuningInit.SAMPLE_VOCAB if self.prompt_tuning.init == "sample_vocab" else PromptTuningInit.RANDOM
-        config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.prompt_tuning.virtual_tokens,
-                                    prompt_tuning_init=init)
-        return get_peft_model(model, config)
-
-    def adapter_off_is_base(self) -> bool:
-        return True
+        return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.prompt_tuning.virtual_tokens,
+                                  prompt_tuning_init=init)
 
 
 class PrefixKnobs(Section):
@@ -50,7 +63,7 @@ class PrefixKnobs(Section):
                                                               "in every layer")
 
 
-class Prefix(Method):
+class Prefix(VirtualTokens):
     """P-tuning v2 / prefix tuning ("Prefix-Tuning: Optimizing Continuous Prompts for Generation"; "P-Tuning v2"):
     trainable keys and values for `prefix.virtual_tokens` positions in every layer's attention, without
     the reparameterisation MLP (P-tuning v2's choice). PEFT implements it. transformers 5's `generate`
@@ -61,15 +74,9 @@ class Prefix(Method):
     paper = "P-Tuning v2: Prompt Tuning Can Be Comparable to Fine-tuning Universally Across Scales and Tasks"
     default_lr = 1e-2
     sections = {"prefix": PrefixKnobs}
-    packs = False
-    plain_forward = False
 
-    def prepare(self, model, calibration=None):
-        from peft import PrefixTuningConfig, get_peft_model
+    def peft_config(self):
+        from peft import PrefixTuningConfig
 
-        config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.prefix.virtual_tokens,
-                                    prefix_projection=False)
-        return get_peft_model(model, config)
-
-    def adapter_off_is_base(self) -> bool:
-        return True
+        return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.prefix.virtual_tokens,
+                                  prefix_projection=False)
