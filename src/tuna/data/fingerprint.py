@@ -10,10 +10,14 @@ import hashlib
 from pathlib import Path
 
 
+def files_of(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+
 def file_digest(path: Path) -> str:
+    """The sha256 of a file's bytes; for a directory, of each file's relative name and bytes, in order."""
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
+    for f in files_of(path):
         if path.is_dir():
             digest.update(str(f.relative_to(path)).encode())
         with f.open("rb") as fh:
@@ -30,7 +34,7 @@ def data_fingerprint(data_cfg) -> dict[str, dict]:
         path = Path(source).expanduser() if source else None
         if path is None or not path.exists():
             continue  # reading it says what is missing
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        files = files_of(path)
         prints[role] = {"path": str(source), "size": sum(f.stat().st_size for f in files),
                         "mtime": max((f.stat().st_mtime for f in files), default=0.0), "sha256": file_digest(path)}
     return prints

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tuna.atomic import atomic_directory
+from tuna.data.fingerprint import file_digest
 from tuna.errors import UserError
 from tuna.models.layers import named_state
 
@@ -78,17 +79,9 @@ def save(directory: Path, step: int, model, names: list[str], state: dict, keep:
     return target
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(directory: Path) -> None:
     """The size and sha256 of every file in a checkpoint directory; written last, so it vouches for the rest."""
-    files = {str(f.relative_to(directory)): {"size": f.stat().st_size, "sha256": sha256_of(f)}
+    files = {str(f.relative_to(directory)): {"size": f.stat().st_size, "sha256": file_digest(f)}
              for f in sorted(directory.rglob("*")) if f.is_file() and f.name != MANIFEST}
     (directory / MANIFEST).write_text(json.dumps(files, indent=1))
 
@@ -107,7 +100,7 @@ def damage(path: Path) -> str | None:
             return f"{name} is missing"
         if f.stat().st_size != entry["size"]:
             return f"{name} holds {f.stat().st_size} bytes, not {entry['size']}"
-        if sha256_of(f) != entry["sha256"]:
+        if file_digest(f) != entry["sha256"]:
             return f"{name} does not match its checksum"
     return None
 

@@ -186,6 +186,7 @@ class Run:
     step: int = 0
     tokens: int = 0
     warnings: list[str] = field(default_factory=list)
+    parameters: tuple[int, int] = (0, 0)  # (trainable, total) as the first step starts: what the run reports
 
     @property
     def checkpoints(self) -> Path:
@@ -231,6 +232,7 @@ def setup(recipe: Recipe, dist: distributed.Dist, *, resume: bool, allow_data_ch
         if dist.main:
             (run_dir / rundir.CONFIG).write_text(recipe.to_yaml())
     begin_step(run)
+    run.parameters = count_parameters(run.model)
     describe(run)
     return run
 
@@ -295,7 +297,7 @@ def prepare_method(recipe: Recipe, method: Method, model, tokenizer, splits: Spl
 
 def describe(run: Run) -> None:
     cfg, say = run.recipe.train, run.say
-    trainable, total = count_parameters(run.model)
+    trainable, total = run.parameters
     say(f"model {run.recipe.model.name} | method {run.method.name}: {trainable:,} of {total:,} parameters train "
         f"({100 * trainable / total:.2f}%) | device {run.dist.device}, {run.precision} | peak memory so far "
         f"{peak_memory_mb(run.dist.device):,.0f} MiB")
@@ -527,7 +529,7 @@ def finish(run: Run, last_loss: float | None, last_eval: dict | None, *, seconds
         with run.dist.whole_model(run.model):
             if run.dist.main:
                 save_final(run.method, run.model, run.tokenizer, run.run_dir)
-    trainable, total = count_parameters(run.model)
+    trainable, total = run.parameters
     result = RunResult(run_dir=str(run.run_dir), steps=run.step, tokens=run.tokens, seconds=seconds,
                        train_loss=last_loss, eval_loss=last_eval and last_eval.get("loss"),
                        eval_ppl=last_eval and last_eval.get("ppl"), trainable_params=trainable, total_params=total,
