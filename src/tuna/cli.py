@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(debug=False)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add_command in (add_train_command, add_generate_command, add_chat_command, add_eval_command,
-                        add_eval_needle_command, add_data_command, add_export_command, add_compare_command,
+                        add_eval_needle_command, add_data_command, add_export_command, add_merge_command,
+                        add_compare_command,
                         add_demo_command, add_methods_command):
         add_command(sub, common)
     return parser
@@ -212,6 +213,22 @@ def add_export_command(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--bitdelta-steps", type=int, default=100, metavar="N",
                    help="with --bitdelta: Adam steps distilling the scales on the run's data (default 100)")
     p.set_defaults(run=cmd_export)
+
+
+def add_merge_command(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("merge", parents=[common], help="merge fine-tunes of one base (soups, task arithmetic, TIES, "
+                       "DARE, SLERP, Model Stock, LiNeS)",
+                       description="Merge models as CONFIG.yaml says (mergekit's format: merge_method, base_model, "
+                                   "models with parameters, dtype, tokenizer_source; plus tuna's lines, seed and "
+                                   "output keys), tensor by tensor, into a plain transformers checkpoint with its "
+                                   "tokenizer, chat template and a model card. Inputs may be tuna runs of any "
+                                   "kind, checkpoint directories, PEFT adapters or the embedded model. With "
+                                   "`output: adapter`, LoRA adapters of one base combine into one adapter. "
+                                   "Format: docs/merging.md.")
+    p.add_argument("config", metavar="CONFIG.yaml")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write (absent or empty; written atomically)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_merge)
 
 
 def add_compare_command(sub, common: argparse.ArgumentParser) -> None:
@@ -547,6 +564,13 @@ def cmd_export(args) -> int:
               f"{done['steps']} distillation steps")
         return 0
     print(f"merged checkpoint written to {export_merged(args.run_dir, args.merge, args.apply_delta)}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from tuna.merge.run import merge_models
+
+    print(f"merged model written to {merge_models(args.config, args.out, progress=not args.no_progress)}")
     return 0
 
 

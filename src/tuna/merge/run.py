@@ -1,0 +1,202 @@
+"""`tuna merge CONFIG --out DIR`: check the recipe, open the inputs lazily, merge tensor by tensor, and write
+a plain transformers checkpoint (sharded safetensors, config, tokenizer and chat template, model card)
+atomically: `DIR` appears complete or not at all."""
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from tuna import __version__
+from tuna.atomic import atomic_directory
+from tuna.errors import UserError
+from tuna.merge import vocab
+from tuna.merge.config import MergeConfig, evaluate, load_merge_config
+from tuna.merge.rules import RULES, Rule, lines_scale, tensor_rng
+from tuna.merge.sources import open_source, tokenizer_of
+from tuna.merge.write import ShardWriter, model_card, shard_bytes
+
+LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+IGNORED = {"int8_mask"}  # mergekit's memory option: no effect on the values
+
+
+def merge_models(config: str | Path | dict, out: str | Path, *, progress: bool = True) -> Path:
+    """Merge as `config` says into `out` (absent or empty); returns `out`."""
+    cfg, out = load_merge_config(config), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} exists and is not empty; choose a new directory")
+    if cfg.output == "adapter":
+        from tuna.merge.adapters import merge_adapters
+
+        return merge_adapters(cfg, out)
+    rule = checked_rule(cfg)
+    inputs = [m for m in cfg.models if m.model != cfg.base_model]
+    base = open_source(cfg.base_model) if cfg.base_model else None
+    sources = [open_source(m.model) for m in inputs]
+    reference = base or sources[0]
+    for source in [base, *sources]:
+        if source is not None and not source.lazy:
+            print(f"tuna merge: {source.spec} cannot be read tensor by tensor; it is loaded whole", file=sys.stderr)
+    keys = reference.keys()
+    check_keys(reference, [s for s in [base, *sources] if s is not None and s is not reference])
+    alignment = vocab_alignment(cfg, base, sources, keys)
+    layers = reference.config().num_hidden_layers
+    max_bytes = shard_bytes(cfg.shard_size)
+    with atomic_directory(out) as tmp:
+        writer = ShardWriter(tmp, max_bytes)
+        for key in tqdm(keys, desc="tuna merge", unit="tensor", disable=not progress):
+            depth = layer_depth(key, layers)
+            base_t = read(base, key, alignment) if base else None
+            tensors = [read(s, key, alignment) for s in sources]
+            if base is None:
+                shapes = [t.shape for t in tensors]
+            else:
+                shapes = [base_t.shape] + [t.shape for t in tensors]
+            if len(set(shapes)) > 1:
+                specs = ([cfg.base_model] if base else []) + [s.spec for s in sources]
+                vocab.refuse_mismatch(key, specs, shapes)
+            params = [resolved(rule, m.parameters, cfg.parameters, key, depth) for m in inputs]
+            shared = resolved(rule, {}, cfg.parameters, key, depth)
+            merged = rule.merge(base_t, tensors, params, shared, tensor_rng(cfg.seed, key))
+            scaling = lines_of(cfg, rule, shared)
+            if scaling is not None:
+                merged = base_t + lines_scale(key, depth, *scaling) * (merged - base_t)
+            writer.add(key, merged.to(output_dtype(cfg, reference, key)))
+        writer.close()
+        write_metadata(tmp, cfg, reference, alignment, [m.model for m in inputs])
+    return out
+
+
+def checked_rule(cfg: MergeConfig) -> Rule:
+    """The rule, with everything about the recipe that can be refused before a model loads refused."""
+    rule = RULES.get(cfg.merge_method)
+    if rule is None:
+        raise UserError(f"unknown merge_method {cfg.merge_method!r}; tuna merges with: {', '.join(RULES)}")
+    if rule.needs_base and not cfg.base_model:
+        raise UserError(f"{rule.name} merges task vectors and needs base_model")
+    inputs = [m for m in cfg.models if m.model != cfg.base_model]
+    if len(inputs) < rule.min_models:
+        raise UserError(f"{rule.name} needs at least {rule.min_models} fine-tuned model(s) besides the base, got "
+                        f"{len(inputs)}")
+    if rule.max_models is not None and len(inputs) > rule.max_models:
+        raise UserError(f"{rule.name} takes {rule.max_models} model besides the base, got {len(inputs)}")
+    if cfg.chat_template not in (None, "auto") and "{%" not in cfg.chat_template and "{{" not in cfg.chat_template:
+        raise UserError("chat_template must be a Jinja template (or `auto` to keep the tokenizer's own)")
+    if cfg.lines is not None and not rule.task_vector:
+        raise UserError(f"lines scales a merged task vector; {rule.name} does not make one (use task_arithmetic, "
+                        "ties, dare_linear, dare_ties, model_stock or lines)")
+    for where, settings, allowed in [("parameters", cfg.parameters, set(rule.defaults)),
+                                     *[(f"{m.model}: parameters", m.parameters, set(rule.per_model)) for m in inputs]]:
+        unknown = sorted(set(settings) - allowed - IGNORED)
+        if unknown:
+            raise UserError(f"{where}: {rule.name} has no parameter {unknown[0]!r} "
+                            f"(it reads: {', '.join(sorted(allowed)) or 'none'})")
+        if "density" in settings and not all(0 < v <= 1 for v in numbers(settings["density"])):
+            raise UserError(f"{where}: density must be in (0, 1], got {settings['density']!r}")
+    return rule
+
+
+def numbers(setting) -> list[float]:
+    """Every number inside a parameter setting (scalar, gradient or conditions)."""
+    if isinstance(setting, dict):
+        return numbers(setting.get("value"))
+    if isinstance(setting, list):
+        return [n for s in setting for n in numbers(s)]
+    return [setting] if isinstance(setting, (int, float)) and not isinstance(setting, bool) else []
+
+
+def resolved(rule: Rule, own: dict, shared: dict, key: str, depth: float | None) -> dict:
+    """Parameter values for one tensor: the input's own settings, then the global ones, then the defaults."""
+    values = {}
+    for name, default in rule.defaults.items():
+        setting = own.get(name, shared.get(name))
+        value = default if setting is None else evaluate(setting, key, 0.0 if depth is None else depth)
+        values[name] = default if value is None else value
+    return values
+
+
+def lines_of(cfg: MergeConfig, rule: Rule, shared: dict) -> tuple[float, float] | None:
+    if rule.name == "lines":
+        return shared["alpha"], shared["beta"]
+    return (cfg.lines.alpha, cfg.lines.beta) if cfg.lines is not None else None
+
+
+def layer_depth(key: str, layers: int) -> float | None:
+    """(ℓ−1)/(L−1) for a tensor of decoder block ℓ of L; None outside the blocks."""
+    match = LAYER.search(key)
+    if match is None:
+        return None
+    return int(match[1]) / (layers - 1) if layers > 1 else 1.0
+
+
+def check_keys(reference, others) -> None:
+    names = set(reference.keys())
+    for source in others:
+        theirs = set(source.keys())
+        if theirs != names:
+            missing, extra = sorted(names - theirs), sorted(theirs - names)
+            where = (f"{missing[0]} is in {reference.spec} but not in {source.spec}" if missing
+                     else f"{extra[0]} is in {source.spec} but not in {reference.spec}")
+            raise UserError(f"the inputs have different tensors: {where}")
+
+
+def vocab_alignment(cfg: MergeConfig, base, sources: list, keys: list[str]) -> dict | None:
+    """None when every input shares one vocabulary; else, under `tokenizer_source`, each input's row index
+    into the chosen vocabulary (and the chosen model, whose rows fill the gaps)."""
+    everyone = [s for s in [base, *sources] if s is not None]
+    tokenizers = {s.spec: tokenizer_of(s) for s in everyone}
+    vocabs = {spec: vocab.vocabulary(t) for spec, t in tokenizers.items()}
+    if cfg.tokenizer_source is None:
+        first = everyone[0].spec
+        for source in everyone[1:]:
+            if vocabs[source.spec] != vocabs[first]:
+                raise UserError(f"the vocabularies differ: {first} has {len(vocabs[first])} tokens, {source.spec} "
+                                f"has {len(vocabs[source.spec])} (or other ids); set tokenizer_source (`base` or "
+                                "one input) to merge into one of them")
+        return None
+    owner_spec = cfg.base_model if cfg.tokenizer_source == "base" else cfg.tokenizer_source
+    owner = next((s for s in everyone if s.spec == owner_spec), None)
+    if owner is None:
+        raise UserError(f"tokenizer_source {cfg.tokenizer_source!r} is not one of the inputs"
+                        + (" (and there is no base_model)" if cfg.tokenizer_source == "base" else ""))
+    vocab_keys = [k for k in keys if vocab.is_vocab_tensor(k)]
+    out_rows = owner.shape(vocab_keys[0])[0]
+    index = {s.spec: vocab.row_index(vocabs[owner.spec], vocabs[s.spec], out_rows, s.shape(vocab_keys[0])[0])
+             for s in everyone}
+    return {"owner": owner, "index": index, "tokenizer": tokenizers[owner.spec], "rows": out_rows}
+
+
+def read(source, key: str, alignment: dict | None) -> torch.Tensor:
+    tensor = source.get(key).float()
+    if alignment is None or not vocab.is_vocab_tensor(key) or source is alignment["owner"]:
+        return tensor
+    return vocab.aligned(tensor, alignment["index"][source.spec], alignment["owner"].get(key).float())
+
+
+def output_dtype(cfg: MergeConfig, reference, key: str) -> torch.dtype:
+    """`out_dtype`, else `dtype`, else the tensor's own dtype in the reference (the base, or the first input)."""
+    name = cfg.out_dtype or cfg.dtype
+    return DTYPES[name] if name else reference.dtype(key)
+
+
+def write_metadata(directory: Path, cfg: MergeConfig, reference, alignment: dict | None, inputs: list[str]) -> None:
+    """config.json (the reference's, with the output's dtype and vocabulary size), generation config,
+    tokenizer with its chat template, and the model card."""
+    config = reference.config()
+    if cfg.out_dtype or cfg.dtype:
+        config.dtype = cfg.out_dtype or cfg.dtype
+    tokenizer = alignment["tokenizer"] if alignment else tokenizer_of(reference)
+    if alignment:
+        config.vocab_size = alignment["rows"]
+    config.save_pretrained(directory)
+    if (reference.directory / "generation_config.json").is_file():
+        shutil.copy(reference.directory / "generation_config.json", directory)
+    if cfg.chat_template not in (None, "auto"):
+        tokenizer.chat_template = cfg.chat_template
+    tokenizer.save_pretrained(directory)
+    (directory / "README.md").write_text(model_card(cfg.model_dump(exclude_defaults=True), inputs, __version__))
