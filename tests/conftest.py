@@ -40,10 +40,11 @@ def build_tokenizer(directory: Path):
     return tokenizer
 
 
-def build_model(directory: Path, kind: str, vocab_size: int, seed: int = 0, layers: int = 2):
+def build_model(directory: Path, kind: str, vocab_size: int, seed: int = 0, layers: int = 2,
+                intermediate: int = 64):
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-    shape = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+    shape = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=intermediate, num_hidden_layers=layers,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
     config = LlamaConfig(**shape, tie_word_embeddings=True) if kind == "llama" else Qwen2Config(**shape, tie_word_embeddings=False)

@@ -43,8 +43,10 @@ def merge_models(config: str | Path | dict, out: str | Path, *, progress: bool =
         if source is not None and not source.lazy:
             print(f"tuna merge: {source.spec} cannot be read tensor by tensor; it is loaded whole", file=sys.stderr)
     keys = reference.keys()
-    check_keys(reference, [s for s in [base, *sources] if s is not None and s is not reference])
-    alignment = vocab_alignment(cfg, base, sources, keys)
+    everyone = [s for s in [base, *sources] if s is not None]
+    check_keys(reference, everyone[1:])
+    check_shapes(keys, everyone, aligning=cfg.tokenizer_source is not None)
+    alignment = vocab_alignment(cfg, everyone, keys)
     layers = reference.config().num_hidden_layers
     max_bytes = shard_bytes(cfg.shard_size)
     with atomic_directory(out) as tmp:
@@ -53,13 +55,6 @@ def merge_models(config: str | Path | dict, out: str | Path, *, progress: bool =
             depth = layer_depth(key, layers)
             base_t = read(base, key, alignment) if base else None
             tensors = [read(s, key, alignment) for s in sources]
-            if base is None:
-                shapes = [t.shape for t in tensors]
-            else:
-                shapes = [base_t.shape] + [t.shape for t in tensors]
-            if len(set(shapes)) > 1:
-                specs = ([cfg.base_model] if base else []) + [s.spec for s in sources]
-                vocab.refuse_mismatch(key, specs, shapes)
             params = [resolved(rule, m.parameters, cfg.parameters, key, depth) for m in inputs]
             shared = resolved(rule, {}, cfg.parameters, key, depth)
             merged = rule.merge(base_t, tensors, params, shared, tensor_rng(cfg.seed, key))
@@ -145,10 +140,19 @@ def check_keys(reference, others) -> None:
             raise UserError(f"the inputs have different tensors: {where}")
 
 
-def vocab_alignment(cfg: MergeConfig, base, sources: list, keys: list[str]) -> dict | None:
+def check_shapes(keys: list[str], sources: list, *, aligning: bool) -> None:
+    """Refuse, before anything is read, a tensor whose shape differs between inputs (only the vocabulary
+    rows may differ, and only when `tokenizer_source` says how to align them)."""
+    for key in keys:
+        shapes = [s.shape(key) for s in sources]
+        compared = [shape[1:] for shape in shapes] if aligning and vocab.is_vocab_tensor(key) else shapes
+        if len(set(compared)) > 1:
+            vocab.refuse_mismatch(key, [s.spec for s in sources], shapes)
+
+
+def vocab_alignment(cfg: MergeConfig, everyone: list, keys: list[str]) -> dict | None:
     """None when every input shares one vocabulary; else, under `tokenizer_source`, each input's row index
     into the chosen vocabulary (and the chosen model, whose rows fill the gaps)."""
-    everyone = [s for s in [base, *sources] if s is not None]
     tokenizers = {s.spec: tokenizer_of(s) for s in everyone}
     vocabs = {spec: vocab.vocabulary(t) for spec, t in tokenizers.items()}
     if cfg.tokenizer_source is None:
