@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 from tuna.cli import main
@@ -90,3 +91,45 @@ def test_compare_cli_exits_nonzero_when_a_variant_failed_and_2_on_a_bad_matrix(t
     bad.write_text(yaml.safe_dump({"base": {}, "variants": ["lora", "lora"]}))
     assert main(["compare", str(bad)]) == 2
     assert "variant name 'lora' is used twice" in capsys.readouterr().err
+
+
+def test_merge_variants_merge_earlier_results_without_training_and_are_scored(tiny_model_dir, chat_data, tmp_path,
+                                                                             monkeypatch):
+    from safetensors.torch import load_file
+
+    variants = [{"name": "full", "method": "full", "train": {"lr": 1e-3}},
+                {"name": "full-s2", "method": "full", "train": {"lr": 1e-3, "seed": 2}},  # a replicate
+                {"name": "lines", "merge": {"method": "lines", "of": ["full"], "alpha": 0.0, "beta": 1.0}},
+                {"name": "stock", "merge": {"method": "model_stock", "of": ["full", "full-s2"]}},
+                {"name": "soup", "merge": {"method": "linear", "of": ["full", "full-s2"], "weights": [1, 3]}},
+                {"name": "early", "merge": {"method": "linear", "of": ["later"]}},
+                {"name": "typo", "merge": {"method": "lines", "of": ["full"], "alpah": 0.5}},
+                {"name": "later", "merge": {"method": "linear", "of": ["full"]}}]
+    path = write_matrix(tmp_path, tiny_model_dir, chat_data, variants)
+    results = run_compare(path, progress=False)["variants"]
+    assert {n: v["status"] for n, v in results.items()} == {
+        "full": "done", "full-s2": "done", "lines": "done", "stock": "done", "soup": "done", "early": "failed",
+        "typo": "failed", "later": "done"}
+    assert "'later', which is not an earlier variant that finished" in results["early"]["error"]
+    assert "lines has no parameter 'alpah'" in results["typo"]["error"]
+    for name in ("lines", "stock", "soup"):
+        entry = results[name]
+        assert entry["steps"] == 0 and entry["trainable_params"] is None
+        assert set(entry["scores"]) == {"task", "general_ppl", "general_mc"}
+
+    weights = {name: load_file(next((tmp_path / "compare" / "variants" / name).rglob("model.safetensors")))
+               for name in ("lines", "soup")}
+    runs = {name: load_file(tmp_path / "compare" / "variants" / name / "run" / "final" / "model.safetensors")
+            for name in ("full", "full-s2")}
+    base = load_file(tiny_model_dir / "model.safetensors")
+    key = "model.layers.0.mlp.up_proj.weight"  # block 1 of 2: LiNeS with α = 0 keeps none of its task vector
+    assert torch.equal(weights["lines"][key], base[key]) and not torch.equal(runs["full"][key], base[key])
+    last = "model.layers.1.mlp.up_proj.weight"  # block 2 of 2: all of it
+    torch.testing.assert_close(weights["lines"][last], runs["full"][last])
+    torch.testing.assert_close(weights["soup"][key], (runs["full"][key] + 3 * runs["full-s2"][key]) / 4)
+    assert "| soup | done |" in (tmp_path / "compare" / "summary.md").read_text()
+
+    merged = []
+    monkeypatch.setattr("tuna.merge.run.merge_models", lambda *a, **k: merged.append(a) or None)
+    run_compare(path, progress=False)  # nothing changed: the merges are kept; failed ones are tried again
+    assert [call[1].parent.name for call in merged] == ["typo"]

@@ -13,6 +13,10 @@ in this process: the task metric on `task.data`, and the general suite (`eval.ge
 forgetting. `results.json` is rewritten after every variant, so an interrupted comparison resumes
 where it stopped: finished variants are kept (unless their recipe changed), an interrupted training
 run resumes from its last checkpoint, and failed variants are tried again.
+
+A variant may instead be a merge of earlier variants (`merge: {method, of, ...}`, `tuna merge`'s
+methods): it costs no training, and is scored like the others. A variant may set its own
+`train.seed` to be a replicate of another (merges such as Model Stock need several fine-tunes).
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from tuna import rundir
 from tuna.atomic import atomic_write_text
@@ -37,7 +41,7 @@ from tuna.errors import UserError
 from tuna.sections import Section
 from tuna.train import checkpoint
 
-BUDGET_KEYS = {"train": ("max_steps", "epochs", "micro_batch_size", "grad_accum", "seed"),
+BUDGET_KEYS = {"train": ("max_steps", "epochs", "micro_batch_size", "grad_accum"),
                "data": ("path", "eval_split", "max_tokens")}
 RESULTS = "results.json"
 
@@ -47,6 +51,36 @@ class TaskSpec(Section):
     metric: str = Field("exact_match", description="a generation metric of `tuna eval --metric`")
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(16, ge=1)
+
+
+class MergeSpec(Section):
+    """A variant made by merging earlier variants' results (`tuna merge`'s methods; no training)."""
+    method: str = Field(description="a `tuna merge` method: linear, task_arithmetic, ties, dare_linear, dare_ties, "
+                        "slerp, model_stock, lines")
+    of: list[str] = Field(min_length=1, description="names of earlier variants whose results are merged")
+    weights: list[float] | None = Field(None, description="one weight per variant in `of`, for the methods that "
+                                        "weigh their inputs (default 1 each)")
+    lines: dict | None = Field(None, description="LiNeS on the merged task vector: {alpha, beta}")
+    parameters: dict = Field({}, description="the method's other parameters (alpha, beta, t, density, lambda, "
+                             "normalize, ...), also accepted at this level")
+    model_config = ConfigDict(extra="allow")
+
+    def merge_config(self, base_model: str, runs: list[str]) -> dict:
+        from tuna.merge.rules import RULES
+
+        rule = RULES.get(self.method)
+        if self.weights is not None and len(self.weights) != len(runs):
+            raise UserError(f"merge.weights has {len(self.weights)} values for {len(runs)} variants in merge.of")
+        models = [{"model": run} for run in runs]
+        for model, weight in zip(models, self.weights or []):
+            model["parameters"] = {"weight": weight}
+        config = {"merge_method": self.method, "parameters": {**self.parameters, **(self.model_extra or {})},
+                  "models": models}
+        if rule is None or rule.needs_base:
+            config["base_model"] = base_model
+        if self.lines is not None:
+            config["lines"] = self.lines
+        return config
 
 
 class Matrix(Section):
@@ -207,6 +241,13 @@ def run_compare(matrix_path: str | Path, *, output_dir: str | None = None, progr
     for position, variant in enumerate(matrix.variants, start=1):
         name = variant_name(variant)
         folder, tag = out / "variants" / name, f"[{position}/{len(matrix.variants)}] {name}"
+        if isinstance(variant, dict) and "merge" in variant:
+            earlier = {variant_name(v): results["variants"].get(variant_name(v)) for v in matrix.variants[:position - 1]}
+            results["variants"][name] = merged_variant(variant, results["variants"].get(name, {}), earlier, base,
+                                                       folder, matrix, task_path, say=lambda msg: say(f"{tag}: {msg}"),
+                                                       progress=progress)
+            save()
+            continue
         try:
             name, raw = variant_recipe(base, variant, folder / "run")
             recipe = validate_recipe(raw)
@@ -243,6 +284,53 @@ def run_compare(matrix_path: str | Path, *, output_dir: str | None = None, progr
         del results["variants"][stale]  # a variant removed from the matrix leaves the report
     save()
     return results
+
+
+def merged_variant(variant: dict, previous: dict, earlier: dict, base: dict, folder: Path, matrix: Matrix,
+                   task_path: Path, *, say, progress: bool) -> dict:
+    """Merge earlier variants' results (`earlier`: name -> entry, of the variants listed before this one) as
+    `variant["merge"]` says, then score the merged model. Kept from an earlier pass when neither its recipe
+    nor the variants it merges changed (`previous`: its entry from that pass)."""
+    from pydantic import ValidationError
+
+    from tuna.merge.run import merge_models
+
+    try:
+        if set(variant) != {"name", "merge"}:
+            raise UserError(f"a merge variant takes only `name` and `merge`, not {sorted(set(variant) - {'name', 'merge'})[0]}")
+        try:
+            spec = MergeSpec.model_validate(variant["merge"])
+        except ValidationError as exc:
+            raise UserError(describe_validation_error(exc).replace("invalid config", "invalid merge")) from None
+        inputs = []
+        for name in spec.of:
+            entry = earlier.get(name)
+            if entry is None or entry.get("status") != "done" or not entry.get("run_dir", entry.get("model_dir")):
+                raise UserError(f"merge.of names {name!r}, which is not an earlier variant that finished")
+            inputs.append(entry)
+        config = spec.merge_config(validate_recipe(base).model.name,
+                                   [e.get("run_dir") or e["model_dir"] for e in inputs])
+        recipe = yaml.safe_dump({"merge": config, "inputs": [e["config"] for e in inputs]}, sort_keys=False)
+        model_dir = folder / "model"
+        if previous.get("status") == "done" and previous.get("config") == recipe and model_dir.is_dir():
+            say("done earlier, kept")
+            return previous
+        if folder.exists():
+            shutil.rmtree(folder)
+        say(f"merging {', '.join(spec.of)} ({spec.method})")
+        started = time.perf_counter()
+        merge_models(config, model_dir, progress=progress)
+        merge_seconds = time.perf_counter() - started
+        scores = score_model(str(model_dir), matrix, task_path, progress=progress)
+    except UserError as exc:
+        say(f"failed: {exc}")
+        return {"status": "failed", "error": str(exc)}
+    say("done")
+    return {"status": "done", "error": None, "config": recipe, "merged_from": spec.of, "merge_method": spec.method,
+            "model_dir": str(model_dir), "merge_seconds": merge_seconds, "steps": 0, "tokens": 0,
+            "train_seconds": 0.0, "tokens_per_s": None, "trainable_params": None, "peak_memory_mb": None,
+            "train_loss": None, "eval_loss": None, "loss_curve": [], "scores": scores,
+            "wall_seconds": time.perf_counter() - started}
 
 
 def finished_variant(run_dir: Path, matrix: Matrix, task_path: Path, *, progress: bool) -> dict:
