@@ -18,7 +18,7 @@ from tuna.merge import vocab
 from tuna.merge.config import MergeConfig, evaluate, load_merge_config
 from tuna.merge.rules import RULES, Rule, lines_scale, tensor_rng
 from tuna.merge.sources import open_source, tokenizer_of
-from tuna.merge.write import ShardWriter, model_card, shard_bytes
+from tuna.merge.write import StreamingShards, model_card, shard_bytes
 
 LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -34,35 +34,35 @@ def merge_models(config: str | Path | dict, out: str | Path, *, progress: bool =
         from tuna.merge.adapters import merge_adapters
 
         return merge_adapters(cfg, out)
-    rule = checked_rule(cfg)
+    rule, max_bytes = checked_rule(cfg), shard_bytes(cfg.shard_size)
     inputs = [m for m in cfg.models if m.model != cfg.base_model]
     base = open_source(cfg.base_model) if cfg.base_model else None
     sources = [open_source(m.model) for m in inputs]
-    reference = base or sources[0]
-    for source in [base, *sources]:
-        if source is not None and not source.lazy:
-            print(f"tuna merge: {source.spec} cannot be read tensor by tensor; it is loaded whole", file=sys.stderr)
-    keys = reference.keys()
     everyone = [s for s in [base, *sources] if s is not None]
+    reference, keys = everyone[0], everyone[0].keys()  # the base, else the first input: names, config, dtypes
+    for source in everyone:
+        if not source.lazy:
+            print(f"tuna merge: {source.spec} cannot be read tensor by tensor; it is loaded whole", file=sys.stderr)
     check_keys(reference, everyone[1:])
     check_shapes(keys, everyone, aligning=cfg.tokenizer_source is not None)
     alignment = vocab_alignment(cfg, everyone, keys)
     layers = reference.config().num_hidden_layers
-    max_bytes = shard_bytes(cfg.shard_size)
+    rows = alignment["rows"] if alignment else None
+    layout = [(key, (rows, *reference.shape(key)[1:]) if rows and vocab.is_vocab_tensor(key) else reference.shape(key),
+               output_dtype(cfg, reference, key)) for key in keys]
     with atomic_directory(out) as tmp:
-        writer = ShardWriter(tmp, max_bytes)
-        for key in tqdm(keys, desc="tuna merge", unit="tensor", disable=not progress):
-            depth = layer_depth(key, layers)
-            base_t = read(base, key, alignment) if base else None
-            tensors = [read(s, key, alignment) for s in sources]
-            params = [resolved(rule, m.parameters, cfg.parameters, key, depth) for m in inputs]
-            shared = resolved(rule, {}, cfg.parameters, key, depth)
-            merged = rule.merge(base_t, tensors, params, shared, tensor_rng(cfg.seed, key))
-            scaling = lines_of(cfg, rule, shared)
-            if scaling is not None:
-                merged = base_t + lines_scale(key, depth, *scaling) * (merged - base_t)
-            writer.add(key, merged.to(output_dtype(cfg, reference, key)))
-        writer.close()
+        with StreamingShards(tmp, layout, max_bytes) as writer:
+            for key in tqdm(keys, desc="tuna merge", unit="tensor", disable=not progress):
+                depth = layer_depth(key, layers)
+                base_t = read(base, key, alignment) if base and rule.needs_base else None
+                tensors = [read(s, key, alignment) for s in sources]
+                params = [resolved(rule, m.parameters, cfg.parameters, key, depth) for m in inputs]
+                shared = resolved(rule, {}, cfg.parameters, key, depth)
+                merged = rule.merge(base_t, tensors, params, shared, tensor_rng(cfg.seed, key))
+                scaling = lines_of(cfg, rule, shared)
+                if scaling is not None:
+                    merged = base_t + lines_scale(key, depth, *scaling) * (merged - base_t)
+                writer.write(key, merged)
         write_metadata(tmp, cfg, reference, alignment, [m.model for m in inputs])
     return out
 

@@ -26,41 +26,45 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
 
 
 class Checkpoint:
-    """A transformers checkpoint directory with safetensors weights, read lazily."""
+    """A transformers checkpoint directory with safetensors weights, read one tensor at a time: each read
+    maps its file only for that read, so no input stays resident."""
     lazy = True
 
     def __init__(self, spec: str, directory: Path):
         self.spec, self.directory = spec, directory
         if (directory / INDEX).is_file():
-            files = json.loads((directory / INDEX).read_text())["weight_map"]
+            files = sorted(set(json.loads((directory / INDEX).read_text())["weight_map"].values()))
         elif (directory / "model.safetensors").is_file():
-            files = dict.fromkeys(_keys(directory / "model.safetensors"), "model.safetensors")
+            files = ["model.safetensors"]
         else:
             raise FileNotFoundError
-        self._handles = {name: safe_open(str(directory / name), framework="pt") for name in set(files.values())}
-        self._file_of = files
+        self._layout = {}  # key -> (file, shape, dtype)
+        for name in files:
+            with safe_open(str(directory / name), framework="pt") as f:
+                for key in f.keys():
+                    piece = f.get_slice(key)
+                    if piece.get_dtype() not in SAFETENSORS_DTYPES:
+                        raise UserError(f"{spec}: {key} is stored as {piece.get_dtype()}; tuna merges floating-point "
+                                        "weights only (dequantise the model first)")
+                    self._layout[key] = (name, tuple(piece.get_shape()), SAFETENSORS_DTYPES[piece.get_dtype()])
 
     def keys(self) -> list[str]:
-        return list(self._file_of)
+        return list(self._layout)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._handles[self._file_of[key]].get_slice(key).get_shape())
-
-    def get(self, key: str) -> torch.Tensor:
-        return self._handles[self._file_of[key]].get_tensor(key)
+        return self._layout[key][1]
 
     def dtype(self, key: str) -> torch.dtype:
-        return SAFETENSORS_DTYPES[self._handles[self._file_of[key]].get_slice(key).get_dtype()]
+        return self._layout[key][2]
+
+    def get(self, key: str) -> torch.Tensor:
+        with safe_open(str(self.directory / self._layout[key][0]), framework="pt") as f:
+            return f.get_tensor(key)
 
     def config(self):
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(self.directory)
-
-
-def _keys(path: Path) -> list[str]:
-    with safe_open(str(path), framework="pt") as f:
-        return list(f.keys())
 
 
 class InMemory:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+import struct
 from datetime import date
 from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import save_file
 
 from tuna.errors import UserError
 
@@ -23,43 +24,76 @@ def shard_bytes(text: str) -> int:
     return int(float(match[1]) * UNITS[match[2]])
 
 
-class ShardWriter:
-    """Hold tensors until the next would overflow a shard, then write the shard; `close` names the shards
-    as transformers expects (`model.safetensors`, or `model-0000i-of-0000n.safetensors` plus an index)."""
+SAFETENSORS_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
-    def __init__(self, directory: Path, max_bytes: int):
-        self.directory, self.max_bytes = directory, max_bytes
-        self.pending: dict[str, torch.Tensor] = {}
-        self.pending_bytes, self.shards = 0, []
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self.pending and self.pending_bytes + size > self.max_bytes:
-            self.flush()
-        self.pending[name] = tensor.contiguous()
-        self.pending_bytes += size
+class StreamingShards:
+    """Safetensors shards written one tensor at a time, so the output never sits whole in memory.
 
-    def flush(self) -> None:
-        path = self.directory / f".shard-{len(self.shards)}.safetensors"
-        save_file(self.pending, path, metadata={"format": "pt"})
-        self.shards.append((path, list(self.pending), self.pending_bytes))
-        self.pending, self.pending_bytes = {}, 0
+    The safetensors library writes a file from a dict of tensors it holds all at once. Every tensor's
+    name, shape and dtype is known before the merge starts, so each shard's header (its tensors' byte
+    offsets) is written first and the tensors' bytes are appended as they are merged: the format's own
+    layout (8-byte header length, JSON header padded to 8 bytes, then the data), read back by
+    safetensors in the tests. Files are named as transformers expects: `model.safetensors`, or
+    `model-0000i-of-0000n.safetensors` with `model.safetensors.index.json`.
+    """
 
-    def close(self) -> list[str]:
-        if self.pending:
-            self.flush()
-        if len(self.shards) == 1:
-            self.shards[0][0].rename(self.directory / "model.safetensors")
-            return ["model.safetensors"]
-        names, weight_map = [], {}
-        for i, (path, keys, _) in enumerate(self.shards, start=1):
-            name = f"model-{i:05d}-of-{len(self.shards):05d}.safetensors"
-            path.rename(self.directory / name)
-            names.append(name)
-            weight_map.update(dict.fromkeys(keys, name))
-        index = {"metadata": {"total_size": sum(size for *_, size in self.shards)}, "weight_map": weight_map}
-        (self.directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=1) + "\n")
-        return names
+    def __init__(self, directory: Path, layout: list[tuple[str, tuple[int, ...], torch.dtype]], max_bytes: int):
+        shards: list[list] = [[]]
+        used = 0
+        for key, shape, dtype in layout:
+            size = math.prod(shape) * dtype.itemsize
+            if shards[-1] and used + size > max_bytes:
+                shards.append([])
+                used = 0
+            shards[-1].append((key, shape, dtype, size))
+            used += size
+        names = (["model.safetensors"] if len(shards) == 1 else
+                 [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)])
+        self.directory, self.expected = directory, []  # (file name, key, shape, dtype) in write order
+        for name, shard in zip(names, shards):
+            self.expected += [(name, key, shape, dtype) for key, shape, dtype, _ in shard]
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(e[3] for shard in shards for e in shard)},
+                     "weight_map": {key: name for name, key, _, _ in self.expected}}
+            (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=1) + "\n")
+        self.headers = {name: header(shard) for name, shard in zip(names, shards)}
+        self.file, self.position = None, 0
+
+    def __enter__(self) -> StreamingShards:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        """Append the next tensor of the layout, cast to its output dtype."""
+        name, expected_key, shape, dtype = self.expected[self.position]
+        if key != expected_key or tuple(tensor.shape) != shape:
+            raise RuntimeError(f"merge wrote {key} {tuple(tensor.shape)} where the layout has {expected_key} {shape}")
+        tensor = tensor.to(dtype)
+        if self.file is None or self.file.name != str(self.directory / name):
+            self.close()
+            self.file = (self.directory / name).open("wb")
+            self.file.write(self.headers[name])
+        self.file.write(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+        self.position += 1
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def header(shard: list) -> bytes:
+    """A safetensors header: JSON of each tensor's dtype, shape and byte range, padded to 8 bytes."""
+    entries, offset = {"__metadata__": {"format": "pt"}}, 0
+    for key, shape, dtype, size in shard:
+        entries[key] = {"dtype": SAFETENSORS_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(entries, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
 
 
 def model_card(recipe: dict, inputs: list[str], version: str, *, adapter: bool = False) -> str:
