@@ -161,3 +161,16 @@ def test_an_existing_output_is_not_overwritten(family, tmp_path, capsys):
     assert main(["merge", write(tmp_path, soup(family)), "--out", str(tmp_path / "out")]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_the_shipped_merge_examples_are_valid_recipes():
+    from pathlib import Path
+
+    from tuna.merge.config import load_merge_config
+    from tuna.merge.run import checked_rule
+
+    examples = sorted((Path(__file__).parents[2] / "examples" / "merge").glob("*.yaml"))
+    assert len(examples) == 3
+    for path in examples:
+        config = load_merge_config(path)
+        assert config.output == "adapter" or checked_rule(config).name == config.merge_method

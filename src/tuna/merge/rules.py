@@ -30,8 +30,10 @@ class Rule:
 def linear(base, tensors, params, shared, rng) -> Tensor:
     """Model soup: Σ wᵢθᵢ, divided by Σ wᵢ when `normalize`."""
     weights = [p["weight"] for p in params]
-    merged = sum(w * t for w, t in zip(weights, tensors))
-    return merged / sum(weights) if shared["normalize"] else merged
+    merged = tensors[0] * weights[0]
+    for weight, tensor in zip(weights[1:], tensors[1:]):
+        merged.add_(tensor, alpha=weight)  # in place: one output-sized buffer, however many inputs
+    return merged.div_(sum(weights)) if shared["normalize"] else merged
 
 
 def magnitude_trim(delta: Tensor, density: float, rng) -> Tensor:

@@ -76,7 +76,7 @@ class StreamingShards:
             self.close()
             self.file = (self.directory / name).open("wb")
             self.file.write(self.headers[name])
-        self.file.write(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+        self.file.write(tensor.contiguous().view(torch.uint8).numpy().data)  # the tensor's memory, not a copy
         self.position += 1
 
     def close(self) -> None:
