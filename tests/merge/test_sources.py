@@ -81,3 +81,15 @@ def test_a_full_run_and_a_checkpoint_read_lazily(family, tmp_path):
         assert source.lazy
         expected = load_any(spec)[0].state_dict()
         assert all(torch.equal(source.get(k), expected[k]) for k in source.keys())
+
+
+def test_an_adapter_run_trained_with_rope_scaling_keeps_it(family, tmp_path):
+    adapter = lora_adapter(family["base"], tmp_path / "adapter", seed=3)
+    run = run_dir(tmp_path / "run", family["base"], final_from=adapter)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"name": str(family["base"]),
+                                                               "rope_scaling": {"type": "linear", "factor": 2.0}}}))
+    source = open_source(str(run))
+    assert not source.lazy
+    assert source.config().rope_scaling["factor"] == 2.0
+    expected = merged_weights(family["base"], adapter)
+    assert all(torch.allclose(source.get(k), expected[k], atol=1e-6) for k in source.keys())

@@ -3,8 +3,8 @@
 A source names its tensors (as a transformers checkpoint stores them), gives each tensor's shape, and
 reads one tensor on demand. A checkpoint directory reads straight from its safetensors files; a LoRA
 adapter or a sparse delta adds its change to its base's tensor as that tensor is read. An input that
-cannot be read lazily (DoRA and other PEFT adapters, BitDelta, `.bin` checkpoints) is loaded whole,
-merged, and held in memory; `lazy` says which happened.
+cannot be read lazily (DoRA and other PEFT adapters, BitDelta, `.bin` checkpoints, adapter or delta
+runs trained with `model.rope_scaling`) is loaded whole, merged, and held in memory; `lazy` says which.
 """
 from __future__ import annotations
 
@@ -165,6 +165,9 @@ def open_source(spec: str):
         return InMemory(spec, load_any(spec)[0], path)
     if rundir.is_run_dir(path):
         final = path / rundir.FINAL
+        if trained_with_rope_scaling(path) and not (final / "config.json").is_file():
+            model = load_any(spec)[0]  # its base's config changes too: loaded (and merged) whole
+            return InMemory(spec, model.merge_and_unload() if hasattr(model, "merge_and_unload") else model, final)
         if (final / "adapter_config.json").is_file():
             return with_adapter(spec, open_source(base_model_of(spec)), final, run=spec)
         if (final / sparse_delta.FILE).is_file():
@@ -178,6 +181,12 @@ def open_source(spec: str):
         return with_adapter(spec, open_source(base), path)
     resolved = Path(resolve(spec))
     return checkpoint(spec, resolved if resolved.is_dir() else hub_snapshot(spec))
+
+
+def trained_with_rope_scaling(run: Path) -> bool:
+    import yaml
+
+    return bool((yaml.safe_load((run / rundir.CONFIG).read_text()).get("model") or {}).get("rope_scaling"))
 
 
 def with_adapter(spec: str, base, adapter: Path, run: str | None = None):
