@@ -54,8 +54,9 @@ def merge_models(config: str | Path | dict, out: str | Path, *, progress: bool =
         with StreamingShards(tmp, layout, max_bytes) as writer:
             for key in tqdm(keys, desc="tuna merge", unit="tensor", disable=not progress):
                 depth = layer_depth(key, layers)
-                base_t = read(base, key, alignment) if base and rule.needs_base else None
-                tensors = [read(s, key, alignment) for s in sources]
+                fill = alignment["owner"].get(key).float() if alignment and vocab.is_vocab_tensor(key) else None
+                base_t = read(base, key, alignment, fill) if base and rule.needs_base else None
+                tensors = [read(s, key, alignment, fill) for s in sources]
                 params = [resolved(rule, m.parameters, cfg.parameters, key, depth) for m in inputs]
                 shared = resolved(rule, {}, cfg.parameters, key, depth)
                 merged = rule.merge(base_t, tensors, params, shared, tensor_rng(cfg.seed, key))
@@ -154,7 +155,7 @@ def vocab_alignment(cfg: MergeConfig, everyone: list, keys: list[str]) -> dict |
     """None when every input shares one vocabulary; else, under `tokenizer_source`, each input's row index
     into the chosen vocabulary (and the chosen model, whose rows fill the gaps)."""
     tokenizers = {s.spec: tokenizer_of(s) for s in everyone}
-    vocabs = {spec: vocab.vocabulary(t) for spec, t in tokenizers.items()}
+    vocabs = {spec: t.get_vocab() for spec, t in tokenizers.items()}
     if cfg.tokenizer_source is None:
         first = everyone[0].spec
         for source in everyone[1:]:
@@ -175,11 +176,14 @@ def vocab_alignment(cfg: MergeConfig, everyone: list, keys: list[str]) -> dict |
     return {"owner": owner, "index": index, "tokenizer": tokenizers[owner.spec], "rows": out_rows}
 
 
-def read(source, key: str, alignment: dict | None) -> torch.Tensor:
-    tensor = source.get(key).float()
-    if alignment is None or not vocab.is_vocab_tensor(key) or source is alignment["owner"]:
-        return tensor
-    return vocab.aligned(tensor, alignment["index"][source.spec], alignment["owner"].get(key).float())
+def read(source, key: str, alignment: dict | None, fill: torch.Tensor | None) -> torch.Tensor:
+    """One input's tensor in float32; a vocabulary tensor under `tokenizer_source` re-ordered into the chosen
+    vocabulary, `fill` (the chosen model's tensor) giving the rows it lacks."""
+    if fill is None:
+        return source.get(key).float()
+    if source is alignment["owner"]:
+        return fill
+    return vocab.aligned(source.get(key).float(), alignment["index"][source.spec], fill)
 
 
 def output_dtype(cfg: MergeConfig, reference, key: str) -> torch.dtype:

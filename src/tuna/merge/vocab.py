@@ -13,10 +13,6 @@ def is_vocab_tensor(name: str) -> bool:
     return "embed_tokens" in name or name.startswith("lm_head") or name.endswith("lm_head.weight")
 
 
-def vocabulary(tokenizer) -> dict[str, int]:
-    return tokenizer.get_vocab()
-
-
 def row_index(out_vocab: dict[str, int], vocab: dict[str, int], out_rows: int, rows: int) -> torch.Tensor:
     """For each output row, the input's row holding the same token (−1 where the input lacks it). Rows past
     the tokenizer (padding rows) match by position."""
