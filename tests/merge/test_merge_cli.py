@@ -137,6 +137,8 @@ BAD = {
                           "linear has no parameter 'densty'"),
     "lines on a soup": ({"merge_method": "linear", "lines": {"alpha": 0.5}, "models": [{"model": "{ft1}"}]},
                         "lines scales a merged task vector"),
+    "text for a number": ({"merge_method": "linear", "models": [{"model": "{ft1}", "parameters": {"weight": "heavy"}}]},
+                          "weight must be a number"),
     "unknown key": ({"merge_method": "linear", "modles": [], "models": [{"model": "{ft1}"}]}, "modles"),
     "two models for slerp": ({"merge_method": "slerp", "base_model": "{base}",
                               "models": [{"model": "{ft1}"}, {"model": "{ft2}"}]}, "slerp takes 1 model"),

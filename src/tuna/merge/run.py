@@ -92,18 +92,22 @@ def checked_rule(cfg: MergeConfig) -> Rule:
         if unknown:
             raise UserError(f"{where}: {rule.name} has no parameter {unknown[0]!r} "
                             f"(it reads: {', '.join(sorted(allowed)) or 'none'})")
-        if "density" in settings and not all(0 < v <= 1 for v in numbers(settings["density"])):
+        for name, setting in settings.items():
+            if not all(isinstance(v, (int, float, bool)) for v in values_in(setting)):
+                raise UserError(f"{where}: {name} must be a number, a list of numbers or {{filter, value}} "
+                                f"conditions, got {setting!r}")
+        if "density" in settings and not all(0 < v <= 1 for v in values_in(settings["density"])):
             raise UserError(f"{where}: density must be in (0, 1], got {settings['density']!r}")
     return rule
 
 
-def numbers(setting) -> list[float]:
-    """Every number inside a parameter setting (scalar, gradient or conditions)."""
+def values_in(setting) -> list:
+    """Every value inside a parameter setting (a scalar, a gradient, or conditions)."""
     if isinstance(setting, dict):
-        return numbers(setting.get("value"))
+        return values_in(setting.get("value"))
     if isinstance(setting, list):
-        return [n for s in setting for n in numbers(s)]
-    return [setting] if isinstance(setting, (int, float)) and not isinstance(setting, bool) else []
+        return [v for s in setting for v in values_in(s)]
+    return [setting]
 
 
 def resolved(rule: Rule, own: dict, shared: dict, key: str, depth: float | None) -> dict:
