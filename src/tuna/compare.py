@@ -280,8 +280,9 @@ def run_compare(matrix_path: str | Path, *, output_dir: str | None = None, progr
         say(f"{tag}: {entry['status']}"
             + (f": {entry['error']}" if entry["error"] else ""))
         save()
-    for stale in set(results["variants"]) - {variant_name(v) for v in matrix.variants}:
-        del results["variants"][stale]  # a variant removed from the matrix leaves the report
+    # in the matrix's order; a variant removed from the matrix leaves the report
+    results["variants"] = {variant_name(v): results["variants"][variant_name(v)] for v in matrix.variants
+                           if variant_name(v) in results["variants"]}
     save()
     return results
 
