@@ -182,6 +182,17 @@ def add_data_command(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(run=cmd_select_responses)
 
+    p = data.add_parser("convert", parents=[common], help="write records as chat messages or TRL prompt/completion",
+                        description="Read records of any format tuna reads (messages, ShareGPT conversations, "
+                                    "instruction, prompt/completion, TRL conversational prompt/completion) and write "
+                                    "them as chat `messages` or as TRL's conversational prompt/completion (JSONL). "
+                                    "Format: docs/data.md.")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--to", required=True, choices=["messages", "prompt_completion"])
+    p.add_argument("--out", required=True, metavar="OUT.jsonl")
+    p.add_argument("--columns", type=column_map, default=None, metavar="OURS=THEIRS,...",
+                   help="the file's column for each of tuna's record keys, e.g. messages=conversation")
+    p.set_defaults(run=cmd_convert)
     synth = data.add_parser("synth", parents=[common], help="generate a synthetic data set").add_subparsers(
         title="data sets", metavar="TASK")
     p = synth.add_parser("retrieval", parents=[common], help="key-value retrieval in long lists of dictionaries",
@@ -261,6 +272,14 @@ def add_methods_command(sub, common: argparse.ArgumentParser) -> None:
 
 def comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def column_map(text: str) -> dict[str, str]:
+    """'messages=conv,output=answer' -> {'messages': 'conv', 'output': 'answer'}."""
+    pairs = [part.split("=", 1) for part in comma_list(text)]
+    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of OURS=THEIRS column names")
+    return {ours.strip(): theirs.strip() for ours, theirs in pairs}
 
 
 def token_lengths(text: str) -> list[int]:
@@ -537,6 +556,19 @@ def cmd_select_responses(args) -> int:
                                      batch_size=args.batch_size)
     atomic_write_text(Path(args.out), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     print(json.dumps({**summary, "model": args.model, "out": args.out}, indent=1))
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from pathlib import Path
+
+    from tuna.atomic import atomic_write_text
+    from tuna.data.convert import convert
+    from tuna.data.read import read_records
+
+    rows = convert(read_records(args.data, args.columns), args.to)
+    atomic_write_text(Path(args.out), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    print(f"{len(rows)} records written to {args.out} as {args.to}")
     return 0
 
 

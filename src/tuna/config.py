@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
+from tuna.data.formats import RECORD_KEYS
 from tuna.errors import UserError
 from tuna.methods import REGISTRY as METHODS
 from tuna.models.rope import RopeScaling
@@ -53,12 +54,18 @@ class DataConfig(Section):
                                 "responses alone (the held-out split keeps them)")
     prompt_variants: str | None = Field(None, description="PAFT: a file of paraphrased instructions; each step, each "
                                         "training example takes one of them (or its own) at random")
+    columns: dict[str, str] | None = Field(None, description="the file's column for each of tuna's record keys, "
+                                           "e.g. {messages: conversation, output: answer}")
 
     @model_validator(mode="after")
     def _check_split(self) -> "DataConfig":
         if self.drop_question and self.prompt_variants is not None:
             raise ValueError("data.drop_question removes the instructions that data.prompt_variants paraphrases; "
                              "choose one")
+        unknown = sorted(set(self.columns or {}) - RECORD_KEYS)
+        if unknown:
+            raise ValueError(f"data.columns maps {unknown[0]!r}, which is not a record key tuna reads "
+                             f"({', '.join(sorted(RECORD_KEYS))})")
         if isinstance(self.eval_split, float) and not 0.0 <= self.eval_split < 1.0:
             raise ValueError("eval_split must be a fraction in [0, 1) or a file path")
         if self.packing and self.batching != "packed":

@@ -38,12 +38,12 @@ def load_splits(data_cfg, tokenizer, seed: int, kind=SEQUENCES,
     objective replaces training records (S3FT); its note joins the train summary."""
     if data_cfg.path is None:
         raise UserError("data.path is not set; point it at a JSONL, JSON, Parquet, CSV file or a datasets directory")
-    records = read_records(data_cfg.path)
+    records = read_records(data_cfg.path, data_cfg.columns)
     if not records:
         raise UserError(f"{data_cfg.path}: the dataset is empty")
     split = data_cfg.eval_split
     if isinstance(split, str):
-        train_records, eval_records = records, read_records(split)
+        train_records, eval_records = records, read_records(split, data_cfg.columns)
     else:
         order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
         n_eval = int(len(records) * split)

@@ -1,7 +1,10 @@
 """Recognise a record's format and turn it into the one shape rendering needs.
 
 Chat-shaped formats (`messages`, `instruction`) become a list of `{role, content}` messages and are
-rendered through the model's chat template. `prompt_completion` and `text` stay raw text, following
+rendered through the model's chat template. Two shapes other tools write are read as `messages` when the
+records are read (`canonical`): ShareGPT's `conversations` of `{from, value}`, and TRL's conversational
+prompt/completion (`prompt` and `completion` as message lists), whose prompt turns are never trained
+(`prompt_turns` counts them). `prompt_completion` and `text` stay raw text, following
 TRL's convention: a prompt/completion pair is concatenated as given (plus EOS), untemplated.
 `preference` records (a prompt with a chosen and a rejected answer) become a `PreferenceExample` of
 chat turns; only the preference objectives read them (see `data.preference`).
@@ -22,13 +25,46 @@ FORMAT_KEYS = {  # checked in order; the first whose keys a record has wins
 }
 
 
+RECORD_KEYS = {k for keys in FORMAT_KEYS.values() for k in keys} | {"input", "conversations"}  # what data.columns may map
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "model": "assistant", "system": "system", "tool": "tool",
+                  "observation": "tool", "function_response": "tool"}
+
+
 @dataclass
 class Example:
-    """Either chat `messages`, or raw `prompt` (untrained) + `completion` (trained) text."""
+    """Either chat `messages` (assistant turns from `train_from` on are trained), or raw `prompt`
+    (untrained) + `completion` (trained) text."""
 
     messages: list[dict] | None = None
     prompt: str = ""
     completion: str = ""
+    train_from: int = 0
+
+
+def canonical(record: dict, where: str) -> dict:
+    """ShareGPT and TRL's conversational prompt/completion as a `messages` record; others unchanged."""
+    if "conversations" in record and "messages" not in record:
+        turns = record["conversations"]
+        if not isinstance(turns, list):
+            raise UserError(f"{where}: `conversations` must be a list of {{from, value}} turns")
+        messages = []
+        for turn, message in enumerate(turns, start=1):
+            if not isinstance(message, dict) or "from" not in message or "value" not in message:
+                raise UserError(f"{where}, turn {turn}: a ShareGPT turn needs `from` and `value`")
+            if message["from"] not in SHAREGPT_ROLES:
+                raise UserError(f"{where}, turn {turn}: unknown ShareGPT speaker {message['from']!r}; use one of "
+                                f"{', '.join(SHAREGPT_ROLES)}")
+            messages.append({"role": SHAREGPT_ROLES[message["from"]], "content": message["value"]})
+        rest = {k: v for k, v in record.items() if k != "conversations"}
+        return {**rest, "messages": messages}
+    if "chosen" not in record and isinstance(record.get("prompt"), list) and "completion" in record:
+        if not isinstance(record["completion"], list):
+            raise UserError(f"{where}: a conversational `prompt` (a list of messages) needs a conversational "
+                            "`completion` too")
+        rest = {k: v for k, v in record.items() if k not in ("prompt", "completion")}
+        return {**rest, "messages": record["prompt"] + record["completion"], "prompt_turns": len(record["prompt"])}
+    return record
 
 
 @dataclass
@@ -60,7 +96,10 @@ def to_example(record: dict, fmt: str, index: int) -> Example:
         raise UserError(f"record {index + 1}: preference pairs (chosen/rejected) train only with a preference "
                         "objective (dpo, simpo or orpo)")
     if fmt == "messages":
-        return Example(messages=_check_messages(record["messages"], index))
+        train_from = record.get("prompt_turns", 0)
+        if not isinstance(train_from, int) or isinstance(train_from, bool) or train_from < 0:
+            raise UserError(f"record {index + 1}: `prompt_turns` must be a count of untrained opening turns")
+        return Example(messages=_check_messages(record["messages"], index), train_from=train_from)
     if fmt == "instruction":
         prompt = _text(record, "instruction", index)
         if record.get("input"):

@@ -13,6 +13,7 @@ import json
 import re
 from pathlib import Path
 
+from tuna.data.formats import RECORD_KEYS, canonical
 from tuna.errors import UserError
 
 
@@ -27,7 +28,25 @@ class Records(list):
         return Records([self[i] for i in indices], [self.origins[i] for i in indices])
 
 
-def read_records(path: str | Path) -> Records:
+def read_records(path: str | Path, columns: dict[str, str] | None = None) -> Records:
+    """The file's records; `columns` ({our key: the file's column}) renames columns first, then ShareGPT and
+    TRL's conversational prompt/completion records become `messages` records (`formats.canonical`)."""
+    unknown = sorted(set(columns or {}) - RECORD_KEYS)
+    if unknown:
+        raise UserError(f"columns: {unknown[0]!r} is not a record key tuna reads ({', '.join(sorted(RECORD_KEYS))})")
+    records = _read_any(path)
+    if columns:
+        records = Records([renamed(r, columns) for r in records], records.origins)
+    return Records([canonical(r, where) for r, where in zip(records, records.origins)], records.origins)
+
+
+def renamed(record: dict, columns: dict[str, str]) -> dict:
+    theirs = set(columns.values())
+    return {**{k: v for k, v in record.items() if k not in theirs},
+            **{ours: record[column] for ours, column in columns.items() if column in record}}
+
+
+def _read_any(path: str | Path) -> Records:
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"data file not found: {path}")

@@ -86,7 +86,7 @@ def completion_is_empty(example: Example) -> bool:
 
 def render_example(example: Example, tokenizer, *, train_on: str = "completion") -> Rendered:
     if example.messages is not None:
-        return _render_chat(example.messages, tokenizer, train_on)
+        return _render_chat(example.messages, tokenizer, train_on, example.train_from)
     prompt_ids = tokenizer(example.prompt).input_ids if example.prompt else []
     completion_ids = tokenizer(example.completion, add_special_tokens=False).input_ids
     if tokenizer.eos_token_id is not None:
@@ -106,12 +106,12 @@ def chat_text(tokenizer, messages: list[dict], generation_prompt: bool = False) 
         raise UserError(f"the model's chat template refused a conversation ({exc})") from None
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of its assistant turns."""
+def assistant_spans(tokenizer, messages: list[dict], from_turn: int = 0) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant turns (those from `from_turn` on)."""
     text = chat_text(tokenizer, messages)
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or i < from_turn:
             continue
         before = chat_text(tokenizer, messages[:i], generation_prompt=True) if i else ""
         through = chat_text(tokenizer, messages[: i + 1])
@@ -122,8 +122,8 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     return text, spans
 
 
-def _render_chat(messages: list[dict], tokenizer, train_on: str) -> Rendered:
-    text, spans = assistant_spans(tokenizer, messages)
+def _render_chat(messages: list[dict], tokenizer, train_on: str, train_from: int = 0) -> Rendered:
+    text, spans = assistant_spans(tokenizer, messages, train_from)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoded["input_ids"]
     if train_on == "all":
