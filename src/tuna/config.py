@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from tuna.data.formats import RECORD_KEYS
+from tuna.data.mix import Source
 from tuna.errors import UserError
 from tuna.methods import REGISTRY as METHODS
 from tuna.models.rope import RopeScaling
@@ -56,13 +57,17 @@ class DataConfig(Section):
                                         "training example takes one of them (or its own) at random")
     columns: dict[str, str] | None = Field(None, description="the file's column for each of tuna's record keys, "
                                            "e.g. {messages: conversation, output: answer}")
+    sources: list[Source] | None = Field(None, min_length=1, description="several data sets mixed, each "
+                                         "{path, weight | count, columns} (instead of data.path)")
 
     @model_validator(mode="after")
     def _check_split(self) -> "DataConfig":
         if self.drop_question and self.prompt_variants is not None:
             raise ValueError("data.drop_question removes the instructions that data.prompt_variants paraphrases; "
                              "choose one")
-        unknown = sorted(set(self.columns or {}) - RECORD_KEYS)
+        if self.sources is not None and self.path is not None:
+            raise ValueError("set data.path or data.sources, not both")
+        unknown = sorted(set(self.columns or {}).union(*[s.columns or {} for s in self.sources or []]) - RECORD_KEYS)
         if unknown:
             raise ValueError(f"data.columns maps {unknown[0]!r}, which is not a record key tuna reads "
                              f"({', '.join(sorted(RECORD_KEYS))})")

@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from tuna.data.kinds import SEQUENCES, DataKind
+from tuna.data.mix import mixed_records
 from tuna.data.prompt_variants import read_variants, variant_records
 from tuna.data.question_free import without_questions
 from tuna.data.read import Records, naming_sources, read_records
@@ -36,9 +37,13 @@ def load_splits(data_cfg, tokenizer, seed: int, kind=SEQUENCES,
                 rewrite_train: Callable[[list[dict]], tuple[list[dict], str]] | None = None) -> Splits:
     """Records read, split, and rendered as the objective's `kind` (`data.kinds`). `rewrite_train`: the
     objective replaces training records (S3FT); its note joins the train summary."""
-    if data_cfg.path is None:
+    mix_note = None
+    if data_cfg.sources:
+        records, mix_note = mixed_records(data_cfg.sources, data_cfg.columns, seed)
+    elif data_cfg.path is None:
         raise UserError("data.path is not set; point it at a JSONL, JSON, Parquet, CSV file or a datasets directory")
-    records = read_records(data_cfg.path, data_cfg.columns)
+    else:
+        records = read_records(data_cfg.path, data_cfg.columns)
     if not records:
         raise UserError(f"{data_cfg.path}: the dataset is empty")
     split = data_cfg.eval_split
@@ -66,8 +71,7 @@ def load_splits(data_cfg, tokenizer, seed: int, kind=SEQUENCES,
             if data_cfg.prompt_variants else None
     if versions:
         train_stats.notes.append(f"PAFT: {len(versions[0]) - 1} paraphrased instructions besides each record's own")
-    if note:
-        train_stats.notes.append(note)
+    train_stats.notes += [n for n in (note, mix_note) if n]
     evals, eval_stats = [], None
     if eval_records:
         with naming_sources(eval_records):

@@ -27,8 +27,12 @@ def file_digest(path: Path) -> str:
 
 
 def data_fingerprint(data_cfg) -> dict[str, dict]:
-    """{"train": {path, size, mtime, sha256}, "eval": ... when the eval split is a file of its own}."""
-    sources = {"train": data_cfg.path, **({"eval": data_cfg.eval_split} if isinstance(data_cfg.eval_split, str) else {})}
+    """{"train": {path, size, mtime, sha256} (or one "train source i" per mixed source), "eval": ... when the
+    eval split is a file of its own}."""
+    sources = {"train": data_cfg.path} if not data_cfg.sources else \
+        {f"train source {i}": s.path for i, s in enumerate(data_cfg.sources, start=1)}
+    if isinstance(data_cfg.eval_split, str):
+        sources["eval"] = data_cfg.eval_split
     prints = {}
     for role, source in sources.items():
         path = Path(source).expanduser() if source else None
