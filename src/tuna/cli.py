@@ -193,6 +193,26 @@ def add_data_command(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--columns", type=column_map, default=None, metavar="OURS=THEIRS,...",
                    help="the file's column for each of tuna's record keys, e.g. messages=conversation")
     p.set_defaults(run=cmd_convert)
+    p = data.add_parser("dedup", parents=[common], help="drop exact and near-duplicate records",
+                        description="Keep the first of every group of duplicates: exact duplicates on normalised "
+                                    "text, near duplicates by MinHash LSH over character 5-grams (needs datasketch). "
+                                    "Writes the kept records to OUT and, beside it, OUT's name with .removed.jsonl: "
+                                    "each dropped record with the record it duplicates. Format: docs/data.md.")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--out", required=True, metavar="OUT.jsonl")
+    p.add_argument("--near", type=float, default=0.85, metavar="J",
+                   help="Jaccard similarity that counts as a near duplicate (default 0.85; 1: exact only)")
+    p.set_defaults(run=cmd_dedup)
+    p = data.add_parser("decontaminate", parents=[common], help="drop training records that overlap evaluation data",
+                        description="Drop every training record that shares a word n-gram (13 by default, as in the "
+                                    "GPT-3 and Llama reports) with any record of the evaluation files. Writes the kept "
+                                    "records to OUT and, beside it, OUT's name with .removed.jsonl: each dropped "
+                                    "record with the evaluation record it overlaps and the n-gram.")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--against", required=True, nargs="+", metavar="EVAL", help="evaluation data files")
+    p.add_argument("--out", required=True, metavar="OUT.jsonl")
+    p.add_argument("--ngram", type=int, default=13, metavar="N", help="words in an overlapping sequence (default 13)")
+    p.set_defaults(run=cmd_decontaminate)
     synth = data.add_parser("synth", parents=[common], help="generate a synthetic data set").add_subparsers(
         title="data sets", metavar="TASK")
     p = synth.add_parser("retrieval", parents=[common], help="key-value retrieval in long lists of dictionaries",
@@ -569,6 +589,54 @@ def cmd_convert(args) -> int:
     rows = convert(read_records(args.data, args.columns), args.to)
     atomic_write_text(Path(args.out), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     print(f"{len(rows)} records written to {args.out} as {args.to}")
+    return 0
+
+
+def write_curated(records, kept: list[int], removed: list[dict], out: str) -> str:
+    """The kept records to `out`, the removed ones (each with why) beside it; returns the removed file's path."""
+    from pathlib import Path
+
+    from tuna.atomic import atomic_write_text
+
+    out_path = Path(out)
+    removed_path = out_path.with_name(out_path.name.removesuffix(".jsonl") + ".removed.jsonl")
+    origin = records.origins.__getitem__  # indices are written as the file and line they came from
+    rows = [{"origin": origin(e["index"]), **{k: origin(v) if k == "duplicate_of" else v for k, v in e.items()
+                                               if k != "index"}, "record": records[e["index"]]} for e in removed]
+    atomic_write_text(removed_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out_path, "".join(json.dumps(records[i], ensure_ascii=False) + "\n" for i in kept))
+    return str(removed_path)
+
+
+def cmd_dedup(args) -> int:
+    from tuna.data.dedup import deduplicate
+    from tuna.data.read import read_raw
+
+    if not 0 < args.near <= 1:
+        raise UserError("--near must be a similarity in (0, 1]")
+    records = read_raw(args.data)
+    kept, removed = deduplicate(records, args.near)
+    where = write_curated(records, kept, removed, args.out)
+    exact = sum(r["kind"] == "exact" for r in removed)
+    print(f"{len(kept)} of {len(records)} records kept in {args.out}; {exact} exact and {len(removed) - exact} near "
+          f"duplicates removed (listed in {where})")
+    return 0
+
+
+def cmd_decontaminate(args) -> int:
+    from tuna.data.decontaminate import contaminated
+    from tuna.data.read import read_raw
+
+    records = read_raw(args.data)
+    evals = [read_raw(path) for path in args.against]
+    empty = next((path for path, e in zip(args.against, evals) if not e), None)
+    if empty is not None:
+        raise UserError(f"evaluation file {empty} is empty")
+    kept, dropped, unchecked = contaminated(records, evals, args.ngram)
+    where = write_curated(records, kept, dropped, args.out)
+    print(f"{len(kept)} of {len(records)} records kept in {args.out}; {len(dropped)} share a {args.ngram}-word "
+          f"sequence with the evaluation data (listed in {where})"
+          + (f"; {unchecked} evaluation records were too short to check" if unchecked else ""))
     return 0
 
 

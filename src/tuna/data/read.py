@@ -34,7 +34,7 @@ def read_records(path: str | Path, columns: dict[str, str] | None = None) -> Rec
     unknown = sorted(set(columns or {}) - RECORD_KEYS)
     if unknown:
         raise UserError(f"columns: {unknown[0]!r} is not a record key tuna reads ({', '.join(sorted(RECORD_KEYS))})")
-    records = _read_any(path)
+    records = read_raw(path)
     if columns:
         records = Records([renamed(r, columns) for r in records], records.origins)
     return Records([canonical(r, where) for r, where in zip(records, records.origins)], records.origins)
@@ -46,7 +46,8 @@ def renamed(record: dict, columns: dict[str, str]) -> dict:
             **{ours: record[column] for ours, column in columns.items() if column in record}}
 
 
-def _read_any(path: str | Path) -> Records:
+def read_raw(path: str | Path) -> Records:
+    """The file's records exactly as written (what curation commands write back)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"data file not found: {path}")
