@@ -213,6 +213,29 @@ def add_data_command(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="OUT.jsonl")
     p.add_argument("--ngram", type=int, default=13, metavar="N", help="words in an overlapping sequence (default 13)")
     p.set_defaults(run=cmd_decontaminate)
+    p = data.add_parser("select", parents=[common], help="keep a budget of records, chosen as the selection papers do",
+                        description="Select BUDGET records (a count, or a share like 20%%) from DATA with a strategy: "
+                                    "random, longest (longest answers), length (a token-length window), ifd "
+                                    "(Instruction-Following Difficulty; a small --model is Superfiltering), "
+                                    "perplexity, diversity (greedy k-center on hidden states), lobass "
+                                    "(learnability after a short fine-tune). Chain them with commas: every one but "
+                                    "the last keeps twice the budget. Writes the kept records as they were, in the "
+                                    "pool's order. Format: docs/data.md.")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--strategy", required=True, metavar="S[,S...]")
+    p.add_argument("--budget", required=True, metavar="N|P%%")
+    p.add_argument("--out", required=True, metavar="OUT.jsonl")
+    p.add_argument("--model", default="smollm2-135m", help="the scorer (and the tokenizer that measures lengths)")
+    p.add_argument("--scores-out", metavar="F", help="per-record scores; an existing file for the same data and "
+                   "scorer is reused")
+    p.add_argument("--order", choices=["low", "high"], default="low", help="perplexity: keep the lowest or highest")
+    p.add_argument("--min-tokens", type=int, default=0, help="length: shortest rendered record kept")
+    p.add_argument("--max-tokens", type=int, default=None, help="length: longest rendered record kept")
+    p.add_argument("--lobass-steps", type=int, default=20, help="lobass: steps of the short fine-tune (default 20)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=cmd_select)
     synth = data.add_parser("synth", parents=[common], help="generate a synthetic data set").add_subparsers(
         title="data sets", metavar="TASK")
     p = synth.add_parser("retrieval", parents=[common], help="key-value retrieval in long lists of dictionaries",
@@ -606,6 +629,20 @@ def write_curated(records, kept: list[int], removed: list[dict], out: str) -> st
     atomic_write_text(removed_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     atomic_write_text(out_path, "".join(json.dumps(records[i], ensure_ascii=False) + "\n" for i in kept))
     return str(removed_path)
+
+
+def cmd_select(args) -> int:
+    from tuna.selection.run import select_records
+
+    if args.batch_size < 1 or args.lobass_steps < 1:
+        raise UserError("--batch-size and --lobass-steps must be at least 1")
+    done = select_records(args.data, args.strategy, args.budget, args.out, model=args.model,
+                          scores_out=args.scores_out, seed=args.seed, batch_size=args.batch_size,
+                          progress=not args.no_progress, order=args.order, length_min=args.min_tokens,
+                          length_max=args.max_tokens, lobass_steps=args.lobass_steps)
+    print(f"{done['kept']} of {done['pool']} records kept in {args.out} ({done['strategy']}, budget "
+          f"{done['budget']})" + "".join(f"; {note}" for note in done["notes"]))
+    return 0
 
 
 def cmd_dedup(args) -> int:
