@@ -152,3 +152,16 @@ def test_bad_selection_input_is_one_line_and_writes_nothing(args, message, pool,
     err = capsys.readouterr().err.strip()
     assert message in err and err.count("\n") == 0
     assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("rows", [
+    [{"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": a}]} for i, a in enumerate(ANSWERS)],
+    [{"prompt": f"q{i}", "chosen": a, "rejected": "no"} for i, a in enumerate(ANSWERS)],
+    [{"text": a} for a in ANSWERS],
+], ids=["sharegpt", "preference", "text"])
+def test_every_format_can_be_selected_from(rows, tiny_model_dir, tmp_path):
+    pool = write_jsonl(tmp_path / "pool.jsonl", rows)
+    summary = select_records(pool, "perplexity", "25%", tmp_path / "out.jsonl", model=str(tiny_model_dir),
+                             progress=False)
+    kept = selected(tmp_path / "out.jsonl")
+    assert summary["kept"] == len(kept) == 3 and all(r in rows for r in kept)  # written as they were

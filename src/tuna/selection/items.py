@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tuna.data.batch import collate
-from tuna.data.formats import detect_format, to_example, to_preference_example
+from tuna.data.formats import canonical, detect_format, to_example, to_preference_example
 from tuna.data.read import Records, naming_sources
 from tuna.data.render import Rendered, render_example
 from tuna.data.scoring import labelled_logprobs
@@ -23,6 +23,7 @@ from tuna.models.forward import IGNORE, MODEL_INPUTS, evaluating, token_losses
 
 def rendered(records: Records, tokenizer, max_tokens: int) -> list[Rendered]:
     """Each record as training renders it (cut at `max_tokens`); a record with no answer token is refused."""
+    records = Records([canonical(r, origin) for r, origin in zip(records, records.origins)], records.origins)
     fmt = detect_format(records)
     out = []
     with naming_sources(records):
