@@ -133,3 +133,21 @@ def test_merge_variants_merge_earlier_results_without_training_and_are_scored(ti
     monkeypatch.setattr("tuna.merge.run.merge_models", lambda *a, **k: merged.append(a) or None)
     run_compare(path, progress=False)  # nothing changed: the merges are kept; failed ones are tried again
     assert [call[1].parent.name for call in merged] == ["typo"]
+
+
+def test_selection_variants_train_on_their_selection_from_the_base_data(tiny_model_dir, chat_data, tmp_path):
+    variants = [{"name": "random-half", "data": {"select": {"strategy": "random", "budget": "50%"}}},
+                {"name": "longest10", "data": {"select": {"strategy": "longest", "budget": 10}}},
+                {"name": "typo", "data": {"select": {"strategy": "cherry", "budget": 10}}}]
+    path = write_matrix(tmp_path, tiny_model_dir, chat_data, variants)
+    results = run_compare(path, progress=False)["variants"]
+    assert results["random-half"]["status"] == results["longest10"]["status"] == "done"
+    assert "unknown strategy 'cherry'" in results["typo"]["error"]
+    pool = chat_data.read_text().splitlines()
+    for name, size in (("random-half", 20), ("longest10", 10)):
+        folder = tmp_path / "compare" / "variants" / name
+        chosen = (folder / "selected.jsonl").read_text().splitlines()
+        assert len(chosen) == size and set(chosen) <= set(pool)
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        assert config["data"]["path"] == str(folder / "selected.jsonl") and config["train"]["max_steps"] == 3
+    assert results["random-half"]["steps"] == results["longest10"]["steps"] == 3  # the same budget of steps

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import ConfigDict, Field, field_validator
@@ -44,6 +44,7 @@ from tuna.train import checkpoint
 BUDGET_KEYS = {"train": ("max_steps", "epochs", "micro_batch_size", "grad_accum"),
                "data": ("path", "eval_split", "max_tokens")}
 RESULTS = "results.json"
+SELECTED = "selected.jsonl"
 
 
 class TaskSpec(Section):
@@ -249,14 +250,18 @@ def run_compare(matrix_path: str | Path, *, output_dir: str | None = None, progr
             save()
             continue
         try:
+            variant, select = without_selection(variant)
             name, raw = variant_recipe(base, variant, folder / "run")
+            if select is not None:
+                raw["data"]["path"] = str(folder / SELECTED)
             recipe = validate_recipe(raw)
         except UserError as exc:
             results["variants"][name] = {"status": "failed", "error": str(exc)}
             say(f"{tag}: failed: {exc}")
             save()
             continue
-        config = recipe.to_yaml()
+        config = recipe.to_yaml() + (f"# data.select: {select.model_dump_json(exclude_defaults=True)}\n"
+                                     if select is not None else "")
         previous = results["variants"].get(name, {})
         if previous.get("status") == "done" and previous.get("config") == config and rundir.is_run_dir(folder / "run"):
             say(f"{tag}: done earlier, kept")
@@ -266,9 +271,15 @@ def run_compare(matrix_path: str | Path, *, output_dir: str | None = None, progr
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.yaml").write_text(config)
-        say(f"{tag}: training (log {folder / 'train.log'})")
         started = time.perf_counter()
-        error = train_variant(folder / "config.yaml", folder / "run", folder / "train.log", progress=progress)
+        error = None
+        if select is not None and not (folder / SELECTED).is_file():
+            say(f"{tag}: selecting {select.budget} with {select.strategy}")
+            error = selected_data(select, base, recipe, folder / SELECTED, out / "selection-scores.jsonl",
+                                  progress=progress)
+        if error is None:
+            say(f"{tag}: training (log {folder / 'train.log'})")
+            error = train_variant(folder / "config.yaml", folder / "run", folder / "train.log", progress=progress)
         entry = {"status": "failed", "config": config, "error": error, "wall_seconds": time.perf_counter() - started}
         if error is None:
             try:
@@ -285,6 +296,49 @@ def run_compare(matrix_path: str | Path, *, output_dir: str | None = None, progr
                            if variant_name(v) in results["variants"]}
     save()
     return results
+
+
+class SelectSpec(Section):
+    """`data.select` of a variant: its training data is a selection from the base recipe's data."""
+    strategy: str = Field(description="a `tuna data select` strategy, or several joined by commas")
+    budget: str | int = Field(description="records kept: a count, or a share of the pool like 20%")
+    model: str | None = Field(None, description="the scorer (default: the base recipe's model)")
+    order: Literal["low", "high"] = "low"
+    length_min: int = 0
+    length_max: int | None = None
+    lobass_steps: int = Field(20, ge=1)
+
+
+def without_selection(variant: dict | str) -> tuple[dict | str, SelectSpec | None]:
+    """The variant without its `data.select`, and that selection (checked)."""
+    from pydantic import ValidationError
+
+    if not isinstance(variant, dict) or not isinstance(variant.get("data"), dict) or "select" not in variant["data"]:
+        return variant, None
+    data = {k: v for k, v in variant["data"].items() if k != "select"}
+    try:
+        spec = SelectSpec.model_validate(variant["data"]["select"])
+    except ValidationError as exc:
+        raise UserError(describe_validation_error(exc).replace("invalid config", "invalid data.select")) from None
+    rest = {k: v for k, v in variant.items() if k != "data"}
+    return ({**rest, "data": data} if data else rest), spec
+
+
+def selected_data(select: SelectSpec, base: dict, recipe, out: Path, scores: Path, *, progress: bool) -> str | None:
+    """Select from the base recipe's data into `out`; None when done, else the error."""
+    from tuna.selection.run import select_records
+
+    try:
+        summary = select_records(base["data"]["path"], select.strategy, str(select.budget), out,
+                                 model=select.model or recipe.model.name, scores_out=scores, seed=recipe.train.seed,
+                                 max_tokens=recipe.data.max_tokens, progress=progress, order=select.order,
+                                 length_min=select.length_min, length_max=select.length_max,
+                                 lobass_steps=select.lobass_steps)
+    except UserError as exc:
+        return f"selection failed: {exc}"
+    print(f"tuna compare: selected {summary['kept']} of {summary['pool']} records"
+          + "".join(f"; {n}" for n in summary["notes"]), file=sys.stderr, flush=True)
+    return None
 
 
 def merged_variant(variant: dict, previous: dict, earlier: dict, base: dict, folder: Path, matrix: Matrix,
