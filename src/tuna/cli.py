@@ -182,6 +182,20 @@ def add_data_command(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(run=cmd_select_responses)
 
+    p = data.add_parser("inspect", parents=[common], help="see what training will see: lengths, defects, loss masks",
+                        description="Counts, token lengths (with a histogram) and defects (blank answers, exact "
+                                    "duplicates, records with no trained token) of DATA, and its first examples "
+                                    "rendered token by token with their loss mask, BOS/EOS shown. With --config, "
+                                    "everything is rendered as that recipe trains (model, template, data options) "
+                                    "and the first training micro-batch is shown as the loss sees it.")
+    p.add_argument("data", metavar="DATA", nargs="?", help="data file (default: the recipe's data.path)")
+    p.add_argument("--config", metavar="RECIPE", help="a training config: its model, template and data options")
+    p.add_argument("--model", default="smollm2-135m", help="without --config: whose tokenizer and template (default "
+                   "the embedded model)")
+    p.add_argument("--examples", type=int, default=3, metavar="N", help="examples to show (default 3)")
+    p.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML page")
+    p.add_argument("--no-color", action="store_true", help="mark trained tokens with « » instead of colour")
+    p.set_defaults(run=cmd_inspect)
     p = data.add_parser("convert", parents=[common], help="write records as chat messages or TRL prompt/completion",
                         description="Read records of any format tuna reads (messages, ShareGPT conversations, "
                                     "instruction, prompt/completion, TRL conversational prompt/completion) and write "
@@ -599,6 +613,32 @@ def cmd_select_responses(args) -> int:
                                      batch_size=args.batch_size)
     atomic_write_text(Path(args.out), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     print(json.dumps({**summary, "model": args.model, "out": args.out}, indent=1))
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from pathlib import Path
+
+    from tuna.config import DataConfig, load_recipe
+    from tuna.data.inspect import inspect_records, terminal_report
+    from tuna.data.read import read_records
+    from tuna.models.load import load_tokenizer, resolve
+
+    recipe = load_recipe(args.config) if args.config else None
+    data_cfg = recipe.data if recipe else DataConfig()
+    path = args.data or data_cfg.path
+    if path is None:
+        raise UserError("give a data file, or --config with data.path")
+    if args.examples < 0:
+        raise UserError("--examples must be 0 or more")
+    tokenizer = load_tokenizer(resolve(recipe.model.name if recipe else args.model))
+    found = inspect_records(read_records(path, data_cfg.columns), str(path), data_cfg, tokenizer,
+                            count=args.examples, train_cfg=recipe.train if recipe else None)
+    print(terminal_report(found, colour=not args.no_color and sys.stdout.isatty()))
+    if args.html:
+        from tuna.report.data_report import write_data_report
+
+        print(f"report: {write_data_report(found, Path(args.html))}")
     return 0
 
 

@@ -23,6 +23,10 @@ figure svg { width: 100%; height: auto; display: block; }
 figcaption { color: #5b636b; font-size: 0.85rem; }
 pre { background: #f5f7f8; padding: 0.75rem 1rem; overflow-x: auto; font-size: 12px; line-height: 1.35; }
 .note { color: #5b636b; }
+.tokens { font: 12px/1.9 ui-monospace, monospace; white-space: pre-wrap; background: #f5f7f8; padding: 0.75rem 1rem; }
+.tokens span { border-right: 1px solid #d9dde1; }
+.tokens .trained { background: #b7e4c7; }
+.tokens .special { color: #8e24aa; font-weight: 600; }
 """
 
 

@@ -41,6 +41,15 @@ def line_chart(series: dict[str, list[tuple[float, float]]], *, title: str, xlab
         return _svg(fig)
 
 
+def histogram(values: list[float], *, title: str, xlabel: str, bins: int = 30) -> str:
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(6.0, 3.0))
+        ax = fig.add_subplot()
+        ax.hist(values, bins=bins, color="C0")
+        _finish(ax, title, xlabel, "records", legend=False)
+        return _svg(fig)
+
+
 def tradeoff_chart(points: list[dict], *, x: str, y: str, xlabel: str, ylabel: str, front: list[str]) -> str:
     """Named points, each labelled; the Pareto front (the names in `front`) highlighted and joined by a line."""
     with matplotlib.rc_context(STYLE):
