@@ -29,7 +29,7 @@ class Context:
     length_max: int | None = None
     lobass_steps: int = 20
     lobass_slice: float = 0.1
-    lobass_lr: float = 1e-5
+    lobass_lr: float = 5e-5
     scores: dict[str, list[float]] = field(default_factory=dict)  # strategy -> one score per pool record
     notes: list[str] = field(default_factory=list)
     _model: object = None
