@@ -328,8 +328,11 @@ def selected_data(select: SelectSpec, base: dict, recipe, out: Path, scores: Pat
     """Select from the base recipe's data into `out`; None when done, else the error."""
     from tuna.selection.run import select_records
 
+    pool = (base.get("data") or {}).get("path")
+    if not pool:
+        return "data.select selects from the base recipe's data.path, which is not set"
     try:
-        summary = select_records(base["data"]["path"], select.strategy, str(select.budget), out,
+        summary = select_records(pool, select.strategy, str(select.budget), out,
                                  model=select.model or recipe.model.name, scores_out=scores, seed=recipe.train.seed,
                                  max_tokens=recipe.data.max_tokens, progress=progress, order=select.order,
                                  length_min=select.length_min, length_max=select.length_max,
