@@ -1,6 +1,7 @@
 """data.sources: mixes draw by weight or by count, deterministically, across formats."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -63,7 +64,9 @@ def test_a_recipe_with_sources_trains_and_fingerprints_each_source(tmp_path, tin
            "train": {"max_steps": 2, "micro_batch_size": 2, "device": "cpu", "precision": "fp32"},
            "output_dir": str(tmp_path / "run")}
     recipe = validate_recipe(raw)
-    assert train(recipe, progress=False).steps == 2
+    result = train(recipe, progress=False)
+    assert result.steps == 2 and "mix: a.jsonl 12 (60.0%), b.jsonl 8 (40.0%)" in result.data
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["data"] == result.data  # recorded in the run
     assert set(data_fingerprint(recipe.data)) == {"train source 1", "train source 2"}
     with pytest.raises(UserError, match="set data.path or data.sources, not both"):
         validate_recipe({**raw, "data": {**raw["data"], "path": str(a)}})

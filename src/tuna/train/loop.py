@@ -79,6 +79,7 @@ class RunResult:
     peak_memory_mb: float
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)  # what the run went on despite (a data change on resume)
+    data: str = ""  # what trained: the rendered training split's counts (and a data.sources mix)
 
 
 def seed_everything(seed: int) -> None:
@@ -534,7 +535,7 @@ def finish(run: Run, last_loss: float | None, last_eval: dict | None, *, seconds
                        train_loss=last_loss, eval_loss=last_eval and last_eval.get("loss"),
                        eval_ppl=last_eval and last_eval.get("ppl"), trainable_params=trainable, total_params=total,
                        peak_memory_mb=peak_memory_mb(run.dist.device), interrupted=interrupted,
-                       warnings=run.warnings)
+                       warnings=run.warnings, data=run.splits.train_stats.summary())
     if run.dist.main:
         (run.run_dir / rundir.SUMMARY).write_text(json.dumps(asdict(result), indent=1))
         run.say(f"report: {write_run_report(run.run_dir, device=str(run.dist.device))}")
