@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tuna"
-RANKS = {"errors": 0, "atomic": 0, "rundir": 0, "sections": 0,
+RANKS = {"errors": 0, "atomic": 0, "migrate": 1, "rundir": 0, "sections": 0,
          "models": 1, "data": 2, "eval": 3, "methods": 4, "objectives": 4, "report": 4, "config": 5,
          "train": 6, "merge": 6, "selection": 6, "compare": 7, "demo": 7, "export": 7, "cli": 8, "__main__": 9, "__init__": 0}
 

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add_command in (add_train_command, add_generate_command, add_chat_command, add_eval_command,
                         add_eval_needle_command, add_data_command, add_export_command, add_merge_command,
-                        add_compare_command,
+                        add_compare_command, add_config_command,
                         add_demo_command, add_methods_command):
         add_command(sub, common)
     return parser
@@ -320,6 +320,18 @@ def add_demo_command(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="where to write the run (default runs/demo-<time>)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_demo)
+
+
+def add_config_command(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("config", parents=[common], help="show every config key with its value and meaning")
+    show = p.add_subparsers(title="commands", metavar="COMMAND", required=True).add_parser(
+        "show", parents=[common], help="every key of a recipe (or the defaults), its meaning, and its default",
+        description="Print every config key of RECIPE (or of the defaults) with its value and what it means; keys "
+                    "the recipe changes name their default. Keys other tools use (transformers, TRL, Axolotl: "
+                    "learning_rate, gradient_accumulation_steps, lora_r, ...) are read as tuna's, with a note.")
+    show.add_argument("recipe", nargs="?", metavar="RECIPE")
+    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    show.set_defaults(run=cmd_config_show)
 
 
 def add_methods_command(sub, common: argparse.ArgumentParser) -> None:
@@ -775,6 +787,13 @@ def knob_names(sections: dict) -> str:
     """`section.key` for every knob of the given sections, the method's own (last-declared) section first."""
     ordered = list(sections.items())[::-1]
     return ", ".join(f"{key}.{field}" for key, model in ordered for field in model.model_fields)
+
+
+def cmd_config_show(args) -> int:
+    from tuna.config import config_lines, load_recipe
+
+    print("\n".join(config_lines(load_recipe(args.recipe, args.set))))
+    return 0
 
 
 def cmd_methods(args) -> int:

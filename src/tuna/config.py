@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model, model_vali
 from tuna.data.formats import RECORD_KEYS
 from tuna.data.mix import Source
 from tuna.errors import UserError
+from tuna.migrate import tuna_keys
 from tuna.methods import REGISTRY as METHODS
 from tuna.models.rope import RopeScaling
 from tuna.objectives import REGISTRY as OBJECTIVES
@@ -245,6 +247,9 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
             raise UserError(f"{path} must hold a mapping of config keys, not {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
+    raw, notes = tuna_keys(raw)
+    for note in notes:
+        print(f"tuna: config: {note}", file=sys.stderr)
     return validate_recipe(raw)
 
 
@@ -265,8 +270,9 @@ def apply_override(raw: dict, item: str) -> None:
 
 
 def validate_recipe(raw: dict) -> Recipe:
+    """The Recipe of `raw` (other tools' key names read as tuna's, `migrate`), or one UserError line."""
     try:
-        return recipe_model().model_validate(raw)
+        return recipe_model().model_validate(tuna_keys(raw)[0])
     except ValidationError as exc:
         raise UserError(describe_validation_error(exc)) from None
 
@@ -295,3 +301,40 @@ def _valid_keys(loc: list[str]) -> list[str]:
             return []
         model = field.annotation
     return list(model.model_fields)
+
+
+def config_lines(recipe: Recipe) -> list[str]:
+    """Every key of `recipe` (its method's and objective's sections included) as `key: value  # meaning`,
+    with `(default ...)` where the recipe sets something else."""
+    sections = ["model", "data", "method", "objective", *sorted(sections_read_by(recipe.method, recipe.objective)),
+                "init", "optim", "train", "eval", "output_dir"]
+    lines: list[str] = []
+    for name in sections:
+        value = getattr(recipe, name, None)
+        if isinstance(value, BaseModel):
+            lines.append(f"{name}:")
+            lines += _field_lines(value, "  ")
+        else:
+            lines.append(_line(name, value, type(recipe).model_fields[name], ""))
+    return lines
+
+
+def _field_lines(section: BaseModel, indent: str) -> list[str]:
+    lines = []
+    for key, field in type(section).model_fields.items():
+        value = getattr(section, key)
+        if isinstance(value, BaseModel):
+            lines.append(f"{indent}{key}:")
+            lines += _field_lines(value, indent + "  ")
+        else:
+            lines.append(_line(key, value, field, indent))
+    return lines
+
+
+def _line(key: str, value, field, indent: str) -> str:
+    text = f"{indent}{key}: {yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
+    notes = [field.description] if field.description else []
+    default = field.get_default(call_default_factory=True)
+    if value != default and not isinstance(default, BaseModel):
+        notes.append(f"default {default!r}")
+    return text + (f"  # {'; '.join(notes)}" if notes else "")
