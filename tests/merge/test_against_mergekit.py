@@ -36,6 +36,9 @@ def configs(f) -> dict[str, dict]:
     return {
         "linear": {"merge_method": "linear", "models": [{"model": str(f[k]), "parameters": {"weight": w}}
                                                          for k, w in [("ft1", 1.0), ("ft2", 2.0), ("ft3", 0.5)]]},
+        "linear_with_base": {"merge_method": "linear", "base_model": str(f["base"]),
+                             "models": [{"model": str(f["base"]), "parameters": {"weight": 1.0}},
+                                        {"model": str(f["ft1"]), "parameters": {"weight": 3.0}}]},
         "linear_unnormalised": {"merge_method": "linear", "parameters": {"normalize": False},
                                 "models": [{"model": str(f["ft1"]), "parameters": {"weight": 0.3}},
                                            {"model": str(f["ft2"]), "parameters": {"weight": 0.3}}]},
@@ -68,7 +71,7 @@ def configs(f) -> dict[str, dict]:
     }
 
 
-CASES = ["linear", "linear_unnormalised", "task_arithmetic", "ties", "ties_gradient", "dare_ties_density_1",
+CASES = ["linear", "linear_with_base", "linear_unnormalised", "task_arithmetic", "ties", "ties_gradient", "dare_ties_density_1",
          "dare_linear_density_1", "slerp", "slerp_gradient", "model_stock", "model_stock_filter_wise"]
 
 

@@ -35,7 +35,7 @@ def merge_models(config: str | Path | dict, out: str | Path, *, progress: bool =
 
         return merge_adapters(cfg, out)
     rule, max_bytes = checked_rule(cfg), shard_bytes(cfg.shard_size)
-    inputs = [m for m in cfg.models if m.model != cfg.base_model]
+    inputs = merged_inputs(cfg, rule)
     base = open_source(cfg.base_model) if cfg.base_model else None
     sources = [open_source(m.model) for m in inputs]
     everyone = [s for s in [base, *sources] if s is not None]
@@ -75,7 +75,7 @@ def checked_rule(cfg: MergeConfig) -> Rule:
         raise UserError(f"unknown merge_method {cfg.merge_method!r}; tuna merges with: {', '.join(RULES)}")
     if rule.needs_base and not cfg.base_model:
         raise UserError(f"{rule.name} merges task vectors and needs base_model")
-    inputs = [m for m in cfg.models if m.model != cfg.base_model]
+    inputs = merged_inputs(cfg, rule)
     if len(inputs) < rule.min_models:
         raise UserError(f"{rule.name} needs at least {rule.min_models} fine-tuned model(s) besides the base, got "
                         f"{len(inputs)}")
@@ -99,6 +99,12 @@ def checked_rule(cfg: MergeConfig) -> Rule:
         if "density" in settings and not all(0 < v <= 1 for v in values_in(settings["density"])):
             raise UserError(f"{where}: density must be in (0, 1], got {settings['density']!r}")
     return rule
+
+
+def merged_inputs(cfg: MergeConfig, rule: Rule) -> list:
+    """The models merged: for a method with a base, the base listed among the models is the base (as in
+    mergekit), not another input; a soup merges every model listed."""
+    return [m for m in cfg.models if not (rule.needs_base and m.model == cfg.base_model)]
 
 
 def values_in(setting) -> list:
