@@ -228,7 +228,7 @@ def add_data_command(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--ngram", type=int, default=13, metavar="N", help="words in an overlapping sequence (default 13)")
     p.set_defaults(run=cmd_decontaminate)
     p = data.add_parser("select", parents=[common], help="keep a budget of records, chosen as the selection papers do",
-                        description="Select BUDGET records (a count, or a share like 20%%) from DATA with a strategy: "
+                        description="Select BUDGET records (a count, or a share like 20%) from DATA with a strategy: "
                                     "random, longest (longest answers), length (a token-length window), ifd "
                                     "(Instruction-Following Difficulty; a small --model is Superfiltering), "
                                     "perplexity, diversity (greedy k-center on hidden states), lobass "
@@ -237,7 +237,7 @@ def add_data_command(sub, common: argparse.ArgumentParser) -> None:
                                     "pool's order. Format: docs/data.md.")
     p.add_argument("data", metavar="DATA")
     p.add_argument("--strategy", required=True, metavar="S[,S...]")
-    p.add_argument("--budget", required=True, metavar="N|P%%")
+    p.add_argument("--budget", required=True, metavar="N|P%")
     p.add_argument("--out", required=True, metavar="OUT.jsonl")
     p.add_argument("--model", default="smollm2-135m", help="the scorer (and the tokenizer that measures lengths)")
     p.add_argument("--scores-out", metavar="F", help="per-record scores; an existing file for the same data and "
