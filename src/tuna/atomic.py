@@ -1,6 +1,7 @@
 """Files and directories that appear complete or not at all: build in a temporary sibling, then rename."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -49,3 +50,8 @@ def atomic_write_text(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(partial, path)
+
+
+def atomic_write_jsonl(path: Path, rows) -> None:
+    """One JSON object a line (UTF-8 kept as it is), written as `atomic_write_text` writes."""
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

@@ -613,7 +613,7 @@ def cmd_synth_retrieval(args) -> int:
 def cmd_select_responses(args) -> int:
     from pathlib import Path
 
-    from tuna.atomic import atomic_write_text
+    from tuna.atomic import atomic_write_jsonl
     from tuna.data.read import read_records
     from tuna.data.select_responses import select_responses
 
@@ -623,7 +623,7 @@ def cmd_select_responses(args) -> int:
     model, tokenizer = _load(args.model)
     rows, summary = select_responses(model, tokenizer, records, field=args.field, max_tokens=args.max_tokens,
                                      batch_size=args.batch_size)
-    atomic_write_text(Path(args.out), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    atomic_write_jsonl(Path(args.out), rows)
     print(json.dumps({**summary, "model": args.model, "out": args.out}, indent=1))
     return 0
 
@@ -657,12 +657,12 @@ def cmd_inspect(args) -> int:
 def cmd_convert(args) -> int:
     from pathlib import Path
 
-    from tuna.atomic import atomic_write_text
+    from tuna.atomic import atomic_write_jsonl
     from tuna.data.convert import convert
     from tuna.data.read import read_records
 
     rows = convert(read_records(args.data, args.columns), args.to)
-    atomic_write_text(Path(args.out), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    atomic_write_jsonl(Path(args.out), rows)
     print(f"{len(rows)} records written to {args.out} as {args.to}")
     return 0
 
@@ -671,15 +671,15 @@ def write_curated(records, kept: list[int], removed: list[dict], out: str) -> st
     """The kept records to `out`, the removed ones (each with why) beside it; returns the removed file's path."""
     from pathlib import Path
 
-    from tuna.atomic import atomic_write_text
+    from tuna.atomic import atomic_write_jsonl
 
     out_path = Path(out)
     removed_path = out_path.with_name(out_path.name.removesuffix(".jsonl") + ".removed.jsonl")
     origin = records.origins.__getitem__  # indices are written as the file and line they came from
     rows = [{"origin": origin(e["index"]), **{k: origin(v) if k == "duplicate_of" else v for k, v in e.items()
                                                if k != "index"}, "record": records[e["index"]]} for e in removed]
-    atomic_write_text(removed_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    atomic_write_text(out_path, "".join(json.dumps(records[i], ensure_ascii=False) + "\n" for i in kept))
+    atomic_write_jsonl(removed_path, rows)
+    atomic_write_jsonl(out_path, (records[i] for i in kept))
     return str(removed_path)
 
 

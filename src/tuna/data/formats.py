@@ -111,6 +111,15 @@ def to_example(record: dict, fmt: str, index: int) -> Example:
     return Example(completion=_text(record, "text", index))
 
 
+def answered_example(record: dict, fmt: str, index: int) -> Example:
+    """The record as one SFT example; a preference pair as its chosen conversation (what scoring and
+    inspection look at)."""
+    if fmt != "preference":
+        return to_example(record, fmt, index)
+    pair = to_preference_example(record, index)
+    return to_example({"messages": pair.prompt + pair.chosen}, "messages", index)
+
+
 def to_preference_example(record: dict, index: int) -> PreferenceExample:
     """Strings, or TRL's conversational lists: an explicit `prompt`, or whole conversations sharing their opening turns."""
     missing = [k for k in FORMAT_KEYS["preference"] if k not in record]

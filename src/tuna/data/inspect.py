@@ -15,7 +15,7 @@ import torch
 
 from tuna.data.batch import TrainBatches
 from tuna.data.dedup import normalised, record_text
-from tuna.data.formats import detect_format, to_example, to_preference_example
+from tuna.data.formats import answered_example, detect_format
 from tuna.data.kinds import SEQUENCES
 from tuna.data.mask_thought import mask_thought, mask_token_id
 from tuna.data.read import Records, naming_sources
@@ -83,11 +83,7 @@ def inspect_records(records: Records, source: str, data_cfg, tokenizer, *, count
     first_copy: dict[str, str] = {}
     with naming_sources(records):
         for index, (record, origin) in enumerate(zip(records, records.origins)):
-            if fmt == "preference":
-                pair = to_preference_example(record, index)
-                example = to_example({"messages": pair.prompt + pair.chosen}, "messages", index)
-            else:
-                example = to_example(record, fmt, index)
+            example = answered_example(record, fmt, index)
             item = render_example(example, tokenizer, train_on=data_cfg.train_on)
             found.lengths.append(len(item.input_ids))
             if completion_is_empty(example):

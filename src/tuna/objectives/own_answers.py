@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from tuna.atomic import atomic_write_text
+from tuna.atomic import atomic_write_jsonl
 from tuna.data.formats import answer_of, detect_format
 from tuna.errors import UserError
 
@@ -32,7 +32,7 @@ def verdicts_once(path: Path, records: list[dict], fmt: str, judge: Callable[[],
         say(f"{what} read from {path}")
         return verdicts
     verdicts = judge()
-    atomic_write_text(path, "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in verdicts))
+    atomic_write_jsonl(path, verdicts)
     return verdicts
 
 

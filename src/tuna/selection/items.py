@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tuna.data.batch import collate
-from tuna.data.formats import canonical, detect_format, to_example, to_preference_example
+from tuna.data.formats import answered_example, canonical, detect_format
 from tuna.data.read import Records, naming_sources
 from tuna.data.render import Rendered, render_example
 from tuna.data.scoring import labelled_logprobs
@@ -28,11 +28,7 @@ def rendered(records: Records, tokenizer, max_tokens: int) -> list[Rendered]:
     out = []
     with naming_sources(records):
         for index, record in enumerate(records):
-            if fmt == "preference":
-                pair = to_preference_example(record, index)
-                example = to_example({"messages": pair.prompt + pair.chosen}, "messages", index)
-            else:
-                example = to_example(record, fmt, index)
+            example = answered_example(record, fmt, index)
             item = render_example(example, tokenizer)
             item = Rendered(item.input_ids[:max_tokens], item.labels[:max_tokens])
             if item.target_count == 0:

@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from tuna.atomic import atomic_write_text
+from tuna.atomic import atomic_write_jsonl
 from tuna.data.fingerprint import file_digest
 from tuna.data.read import read_raw
 from tuna.errors import UserError
@@ -53,7 +53,7 @@ def select_records(data: str | Path, strategy: str, budget: str, out: str | Path
     if scores_out is not None and set(chain) & (NEEDS_MODEL | {"longest"}):
         write_scores(Path(scores_out), identity, records.origins, ctx.scores)
     chosen = sorted(kept)  # in the pool's order
-    atomic_write_text(Path(out), "".join(json.dumps(records[i], ensure_ascii=False) + "\n" for i in chosen))
+    atomic_write_jsonl(Path(out), (records[i] for i in chosen))
     if len(chosen) < count:
         ctx.notes.append(f"only {len(chosen)} records qualified for a budget of {count}")
     return {"kept": len(chosen), "pool": len(records), "budget": count, "strategy": ",".join(chain),
@@ -74,7 +74,5 @@ def saved_scores(path: Path, identity: dict, size: int) -> dict[str, list]:
 
 
 def write_scores(path: Path, identity: dict, origins: list[str], scores: dict[str, list]) -> None:
-    lines = [json.dumps(identity)]
-    lines += [json.dumps({"origin": origin, **{name: values[i] for name, values in scores.items()}})
-              for i, origin in enumerate(origins)]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_jsonl(path, [identity, *({"origin": origin, **{name: values[i] for name, values in scores.items()}}
+                                          for i, origin in enumerate(origins))])
