@@ -18,7 +18,7 @@ from safetensors import safe_open
 from tuna import rundir
 from tuna.errors import UserError
 from tuna.models import bitdelta, sparse_delta
-from tuna.models.load import base_model_of, load_any, load_tokenizer, resolve
+from tuna.models.load import load_any, load_tokenizer, resolve, run_model_config
 
 LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 INDEX = "model.safetensors.index.json"
@@ -163,15 +163,16 @@ def open_source(spec: str):
     path = Path(spec).expanduser()
     if bitdelta.is_bitdelta(path):
         return InMemory(spec, load_any(spec)[0], path)
-    if rundir.is_run_dir(path):
+    model_cfg = run_model_config(path)
+    if model_cfg is not None:
         final = path / rundir.FINAL
-        if trained_with_rope_scaling(path) and not (final / "config.json").is_file():
+        if model_cfg.get("rope_scaling") and not (final / "config.json").is_file():
             model = load_any(spec)[0]  # its base's config changes too: loaded (and merged) whole
             return InMemory(spec, model.merge_and_unload() if hasattr(model, "merge_and_unload") else model, final)
         if (final / "adapter_config.json").is_file():
-            return with_adapter(spec, open_source(base_model_of(spec)), final, run=spec)
+            return with_adapter(spec, open_source(model_cfg["name"]), final, run=spec)
         if (final / sparse_delta.FILE).is_file():
-            base = open_source(base_model_of(spec))
+            base = open_source(model_cfg["name"])
             return WithChange(spec, base, final, sparse_change(final, base))
         return checkpoint(spec, final)
     if (path / "adapter_config.json").is_file():
@@ -181,12 +182,6 @@ def open_source(spec: str):
         return with_adapter(spec, open_source(base), path)
     resolved = Path(resolve(spec))
     return checkpoint(spec, resolved if resolved.is_dir() else hub_snapshot(spec))
-
-
-def trained_with_rope_scaling(run: Path) -> bool:
-    import yaml
-
-    return bool((yaml.safe_load((run / rundir.CONFIG).read_text()).get("model") or {}).get("rope_scaling"))
 
 
 def with_adapter(spec: str, base, adapter: Path, run: str | None = None):

@@ -79,14 +79,21 @@ def load_base(spec: str, dtype: torch.dtype = torch.float32):
     return load_model(source, dtype), load_tokenizer(source)
 
 
-def base_model_of(spec: str) -> str | None:
-    """The base model a run directory was trained from; None for anything else."""
+def run_model_config(spec: str | Path) -> dict | None:
+    """The `model` section a run directory was trained with (its base's name, its rope scaling); None for
+    anything that is not a run directory."""
     path = Path(spec).expanduser()
     if not rundir.is_run_dir(path):
         return None
     import yaml
 
-    return yaml.safe_load((path / rundir.CONFIG).read_text())["model"]["name"]
+    return yaml.safe_load((path / rundir.CONFIG).read_text())["model"]
+
+
+def base_model_of(spec: str) -> str | None:
+    """The base model a run directory was trained from; None for anything else."""
+    model_cfg = run_model_config(spec)
+    return model_cfg["name"] if model_cfg else None
 
 
 def load_any(spec: str, dtype: torch.dtype = torch.float32):
@@ -97,11 +104,9 @@ def load_any(spec: str, dtype: torch.dtype = torch.float32):
         model, _ = load_any(base, dtype)
         bitdelta.apply(model, signs, scales, exact)
         return model, load_tokenizer(str(path))
-    if not rundir.is_run_dir(path):
+    model_cfg = run_model_config(path)
+    if model_cfg is None:
         return load_base(spec, dtype)
-    import yaml
-
-    model_cfg = yaml.safe_load((path / rundir.CONFIG).read_text())["model"]
     rope_scaling = RopeScaling(**model_cfg["rope_scaling"]) if model_cfg.get("rope_scaling") else None
     final = path / rundir.FINAL
     if (final / "adapter_config.json").is_file():
