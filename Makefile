@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean bench bench-gpu
+.PHONY: demo test install clean bench bench-gpu bench-peers
 
 install: $(STAMP)
 
@@ -33,7 +33,15 @@ bench: $(STAMP)
 	$(PY) benchmarks/throughput.py --shape tiny --device cpu
 
 bench-gpu: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/throughput.py --shape llama-1b --device cuda --peak-tflops $(PEAK_TFLOPS)
+	$(PY) benchmarks/peers.py --shape llama-1b --device cuda
+
+# tuna, TRL and Trainer + PEFT on the embedded model, LoRA and full, one after another (CPU: about 40 minutes
+# on 2 cores; figures in docs/benchmarks.md). TRL comes from the `bench` extra.
+bench-peers: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/peers.py
 
 clean:
 	rm -rf $(VENV) runs

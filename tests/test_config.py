@@ -31,6 +31,21 @@ def test_knobs_of_another_objective_are_an_error_and_are_left_out_of_the_resolve
     assert "kl_beta: 0.2" in validate_recipe({"objective": "anchored_sft", "anchored_sft": {"kl_beta": 0.2}}).to_yaml()
 
 
+@pytest.mark.parametrize("raw, batching", [
+    ({}, "packed_step"),  # sft with lora: packed by default
+    ({"objective": "anchored_sft"}, "packed_step"),
+    ({"method": "full", "data": {"batching": "sorted"}}, "sorted"),  # an explicit choice stays
+    ({"objective": "dpo"}, "padded"),  # preference pairs are not single sequences
+    ({"objective": "grpo"}, "padded"),  # nor are prompts
+    ({"method": "longlora"}, "padded"),  # S2-Attn cannot keep packed examples apart
+    ({"method": "prompt_tuning"}, "padded"),
+])
+def test_default_batching_packs_where_packing_is_exact(raw, batching):
+    recipe = validate_recipe(raw)
+    assert recipe.batching == batching
+    assert recipe.data.batching == raw.get("data", {}).get("batching", "auto")  # the config keeps `auto`
+
+
 def test_packing_is_shorthand_for_packed_batching_and_cannot_contradict_it():
     assert validate_recipe({"data": {"packing": True}}).data.batching == "packed"
     with pytest.raises(UserError, match="data.packing: true contradicts data.batching: sorted"):

@@ -645,7 +645,7 @@ def cmd_inspect(args) -> int:
         raise UserError("--examples must be 0 or more")
     tokenizer = load_tokenizer(resolve(recipe.model.name if recipe else args.model))
     found = inspect_records(read_records(path, data_cfg.columns), str(path), data_cfg, tokenizer,
-                            count=args.examples, train_cfg=recipe.train if recipe else None)
+                            count=args.examples, recipe=recipe)
     print(terminal_report(found, colour=not args.no_color and sys.stdout.isatty()))
     if args.html:
         from tuna.report.data_report import write_data_report

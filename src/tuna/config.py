@@ -48,9 +48,11 @@ class DataConfig(Section):
     eval_split: float | str = Field(0.1, description="held-out fraction in [0, 1), or a file of its own")
     mask_thought_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Masked Thought: fraction of response "
                                       "input tokens replaced by a mask token (labels keep the originals)")
-    batching: Literal["padded", "sorted", "packed"] = Field("padded", description="padded: shuffled padded batches; "
-                                                            "sorted: similar lengths per batch, batch order shuffled; "
-                                                            "packed: examples packed into rows of max_tokens")
+    batching: Literal["auto", "padded", "sorted", "packed"] = Field(
+        "auto", description="auto: packed where that is exact (single sequences, a method that keeps packed examples "
+        "apart), one row per micro-batch holding about micro_batch_size examples, else padded; padded: shuffled "
+        "padded batches; sorted: similar lengths per batch, batch order shuffled; packed: micro_batch_size rows "
+        "of max_tokens, examples packed into them")
     packing: bool = Field(False, description="shorthand for batching: packed")
     pause_tokens: PauseConfig | None = Field(None, description="Pause-tuning: pause markers between segments of long inputs")
     drop_question: bool = Field(False, description="QFFT: the training split loses its questions and trains on the "
@@ -124,6 +126,10 @@ class TrainConfig(Section):
                                                                        "metrics.jsonl records (each needs its package)")
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="with several processes (--nproc, torchrun): ddp "
                                                 "keeps a whole model on each, fsdp shards it (FSDP2)")
+    cpu_threads: int | None = Field(None, ge=1, description="intra-op threads on the CPU; unset: the CPUs this "
+                                    "process may use (affinity, cgroup quota), unless OMP_NUM_THREADS is set")
+    release_memory: bool = Field(False, description="CPU: freed tensors over 1 MiB go back to the OS at once "
+                                 "(glibc): a lower peak RSS (-43% on a LoRA step), about 20% fewer tokens/s")
 
 
 class EvalConfig(Section):
@@ -154,6 +160,14 @@ class Recipe(Section):
         if isinstance(values, dict) and isinstance(values.get("model"), str):
             values = {**values, "model": {"name": values["model"]}}
         return values
+
+    @property
+    def batching(self) -> str:
+        """`data.batching` with `auto` resolved: `packed_step` (one packed row per micro-batch, sized to hold about
+        micro_batch_size examples) where packing is exact for this objective's data and this method, else `padded`."""
+        if self.data.batching != "auto":
+            return self.data.batching
+        return "packed_step" if OBJECTIVES[self.objective].kind.packs and METHODS[self.method].packs else "padded"
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "Recipe":

@@ -1,3 +1,6 @@
+import math
+import random
+
 import pytest
 
 from tuna.data.batch import TrainBatches, collate, target_weights
@@ -72,3 +75,34 @@ def test_padding_fraction_of_padded_and_sorted_batches():
     computed = sum(len(b) * max(lengths[i] for i in b) for b in plan)
     assert make("padded").padding_fraction() == pytest.approx(1 - 20 / computed)
     assert make("packed").padding_fraction() == 0.0
+
+
+def test_default_packing_puts_about_micro_batch_size_examples_in_each_step():
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 150) for _ in range(400)]
+    stream = TrainBatches(items_of_lengths(lengths), SEQUENCES, batching="packed_step", batch_size=8, max_tokens=256,
+                          weighting="token", pad_id=0, seed=0)
+    assert stream.row_tokens == math.ceil(8 * sum(lengths) / len(lengths))
+    steps = [stream.next_indices() for _ in range(stream.batches_per_epoch)]
+    assert sorted(i for step in steps for i in step) == list(range(400))
+    assert all(sum(lengths[i] for i in step) <= stream.row_tokens for step in steps)
+    counts = [len(step) for step in steps]
+    assert 7.5 <= sum(counts) / len(counts) <= 8.5  # as many examples a step as padded batches of 8
+    assert stream.batches_per_epoch <= 400 // 8 + 2
+    batch = stream.next()
+    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch  # one row, no padding
+
+
+def test_default_packing_keeps_each_steps_examples_when_accumulating():
+    """micro_batch_size 4 × grad_accum 1 and 2 × 2 take the same examples each step: the step's bin is
+    split into its micro-batches, balanced by tokens."""
+    lengths = [random.Random(1).randint(3, 40) for _ in range(60)]
+    make = lambda micro, rows: TrainBatches(items_of_lengths(lengths), SEQUENCES, batching="packed_step",
+                                            batch_size=micro, max_tokens=64, weighting="token", pad_id=0, seed=2,
+                                            rows_per_step=rows)
+    whole, split = make(4, 1), make(2, 2)
+    assert whole.row_tokens == split.row_tokens and split.batches_per_epoch == 2 * whole.batches_per_epoch
+    for _ in range(whole.batches_per_epoch):
+        rows = [split.next_indices(), split.next_indices()]
+        assert sorted(rows[0] + rows[1]) == sorted(whole.next_indices())
+        assert all(rows) and abs(sum(lengths[i] for i in rows[0]) - sum(lengths[i] for i in rows[1])) <= 40

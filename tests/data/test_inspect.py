@@ -65,8 +65,7 @@ def test_a_packed_recipe_shows_the_row_the_loss_sees(tmp_path, tiny_model_dir, c
     assert "first training micro-batch, row 1 (packed)" in out and "«" in out
     recipe = load_recipe(config)
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    found = inspect_records(read_records(chat_data), str(chat_data), recipe.data, tokenizer, count=0,
-                            train_cfg=recipe.train)
+    found = inspect_records(read_records(chat_data), str(chat_data), recipe.data, tokenizer, count=0, recipe=recipe)
     splits = load_splits(recipe.data, tokenizer, recipe.train.seed)
     batch = TrainBatches(splits.train, splits.kind, batching="packed", batch_size=2, max_tokens=96,
                          weighting=recipe.train.loss_weighting, pad_id=tokenizer.pad_token_id, seed=5).next()

@@ -108,7 +108,8 @@ def test_training_sees_masked_responses(tiny_recipe, tiny_tokenizer, monkeypatch
     pad = tiny_tokenizer.pad_token_id  # the tiny tokenizer's mask token
     for batch in seen:
         # the padding id inside the attended text can only be a mask, and only where a label is
-        masked_here = (batch["input_ids"] == pad) & (batch["attention_mask"] == 1)
+        attended = batch.get("attention_mask", torch.ones_like(batch["input_ids"]))  # packed rows: all of it
+        masked_here = (batch["input_ids"] == pad) & (attended == 1)
         assert masked_here.any()
         assert (batch["labels"][masked_here] != IGNORE).all()
         # the labels keep the real tokens

@@ -91,3 +91,30 @@ def test_packed_attention_keeps_padded_batches_and_generation_exact(tiny_model_d
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(after[real], before[real], atol=1e-6, rtol=1e-5)
     assert greedy_after.tolist() == greedy_before.tolist()
+
+
+def test_the_default_batching_is_exact(tiny_model_dir):
+    """The default (`auto`, packed by step) on a step's examples: the loss and gradients of the packed row
+    equal those of the same examples right-padded."""
+    from transformers import AutoModelForCausalLM
+
+    from tuna.config import validate_recipe
+    from tuna.data.batch import TrainBatches
+
+    recipe = validate_recipe({"model": str(tiny_model_dir)})
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    items = random_items(model.config.vocab_size, [17, 5, 30, 9, 2, 24, 11, 40, 3, 16])
+    stream = TrainBatches(items, SEQUENCES, batching=recipe.batching, batch_size=4, max_tokens=64, weighting="token",
+                          pad_id=0, seed=0)
+    step = stream.next_indices()
+    assert len(step) > 1
+    padded = collate([items[i] for i in step], pad_id=0)
+    expected, expected_grads = loss_and_grads(model, [padded], batch_weight(padded))
+    stream.load_state_dict({"epoch": 0, "cursor": 0})
+    packed = stream.next()
+    assert packed["input_ids"].shape == (1, sum(len(items[i].input_ids) for i in step))
+    use_packed_attention(model)
+    got, grads = loss_and_grads(model, [packed], batch_weight(packed))
+    assert got == pytest.approx(expected, abs=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], atol=1e-5, rtol=1e-4, msg=name)

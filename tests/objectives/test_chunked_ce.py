@@ -119,3 +119,54 @@ def test_liger_is_chosen_only_on_cuda_and_when_installed(monkeypatch):
         monkeypatch.setitem(sys.modules, name, module)
     assert chunked_ce.fused_kernel(torch.device("cpu")) is None  # installed, but Triton's kernels need CUDA
     assert chunked_ce.fused_kernel(torch.device("cuda")) is functional.liger_fused_linear_cross_entropy
+
+
+def with_lora(model):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    assert not any(p.requires_grad for p in model.get_output_embeddings().parameters())
+    return model
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])  # tied and untied output heads
+def test_the_frozen_head_loss_and_gradients_equal_the_plain_loss(tiny_dirs, kind):
+    """The default under LoRA: the same per-token losses, and the same adapter gradients through an uneven,
+    nonlinear use of them (as anchored_sft and dft make), with no logits kept for the backward pass."""
+    from tuna.objectives.chunked_ce import frozen_head_token_losses
+
+    model, tokenizer = load_base(str(tiny_dirs[kind]))
+    model, batch = with_lora(model), a_batch(len(tokenizer))
+
+    def nonlinear(compute):
+        model.zero_grad()
+        losses, mask = compute(model, batch)
+        (losses.pow(2) * torch.linspace(0.5, 2.0, losses.shape[1])).sum().backward()
+        return losses.detach(), mask, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, plain_mask, plain_grads = nonlinear(token_losses)
+    fused, mask, grads = nonlinear(lambda m, b: frozen_head_token_losses(m, b, chunk_tokens=7))
+    assert torch.equal(mask, plain_mask) and (fused[~mask] == 0).all()
+    torch.testing.assert_close(fused, plain, atol=1e-6, rtol=1e-5)
+    assert grads.keys() == plain_grads.keys() and all("lora_" in name for name in grads)
+    for name in grads:  # float rounding, relative to each gradient's scale (the sums run in another order)
+        scale = plain_grads[name].abs().max()
+        assert scale > 0 and (grads[name] - plain_grads[name]).abs().max() <= 1e-5 * scale, name
+
+
+def test_the_frozen_head_path_keeps_no_logits_and_yields_to_a_head_that_trains(tiny_dirs, monkeypatch):
+    from tuna.objectives import chunked_ce
+
+    model, tokenizer = load_base(str(tiny_dirs["llama"]))
+    model, batch = with_lora(model), a_batch(len(tokenizer))
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.shape) or t, lambda t: t):
+        chunked_ce.choose_token_losses(None, head_apart=True)(model, batch)
+    assert not any(shape[-1] == len(tokenizer) for shape in kept)  # nothing vocabulary-wide is saved
+    head = model.get_output_embeddings()
+    head.weight.requires_grad_(True)  # as a method may do mid-run (HFT's rounds)
+    losses, _ = chunked_ce.choose_token_losses(None, head_apart=True)(model, batch)
+    losses.sum().backward()
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+    assert chunked_ce.choose_token_losses(None, head_apart=False) is token_losses

@@ -4,7 +4,13 @@
 - `sorted` (LongAlign's sorted batching): examples of similar length share a micro-batch, so little
   is padding; the order of the micro-batches is shuffled so lengths do not drift over the epoch.
 - `packed`: examples packed into bins of `max_tokens` (see `packing`); a micro-batch is
-  `batch_size` bins in one row, with no padding at all.
+  `batch_size` bins in one row, with no padding at all (TRL's meaning: `batch_size` rows of `max_tokens`).
+- `packed_step` (what `data.batching: auto` becomes for single sequences): one bin per optimizer step, of
+  `step_row_tokens` tokens, so a step holds about as many examples as a padded step of `batch_size` ×
+  `rows_per_step` did and the number of steps per epoch barely changes. The bin is split into the step's
+  `rows_per_step` micro-batches (grad_accum × processes), one row each, balanced by tokens; so trading
+  micro_batch_size for grad_accum, or for processes, keeps every step's examples, as with padded batches.
+  Only the real tokens are computed.
 
 What an item is, and how a micro-batch of items is collated, is the data kind's (`data.kinds`): an
 item of several sequences batches as a unit, and `sorted` orders items by their longest sequence.
@@ -19,6 +25,8 @@ example weighs 1 whatever its length (LongAlign's loss weighting). The trainer d
 weighted loss by the step's total weight, so accumulation splits a step without changing it.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -59,11 +67,30 @@ def real_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
 
 
+def step_row_tokens(lengths: list[int], batch_size: int) -> int:
+    """A packed row that holds about `batch_size` examples: `batch_size` × the mean length, never less than the
+    longest example (which must fit)."""
+    return max(max(lengths), math.ceil(batch_size * sum(lengths) / len(lengths))) if lengths else 1
+
+
+def split_bin(indices: list[int], lengths: list[int], rows: int) -> list[list[int]]:
+    """A step's bin as `rows` micro-batches (fewer if it holds fewer examples), balanced by tokens: longest
+    first, each into the lightest row; each row keeps the bin's order."""
+    loads = [[0, r, []] for r in range(min(rows, len(indices)))]
+    for i in sorted(indices, key=lambda i: -lengths[i]):
+        lightest = min(loads)
+        lightest[0] += lengths[i]
+        lightest[2].append(i)
+    return [sorted(row, key=indices.index) for _, _, row in loads]
+
+
 def epoch_plan(lengths: list[int], batching: str, batch_size: int, bins: list[list[int]] | None,
-               generator: torch.Generator) -> list[list[int]]:
+               generator: torch.Generator, rows_per_step: int = 1) -> list[list[int]]:
     """The micro-batches (lists of example indices) of one epoch."""
-    if batching == "packed":
+    if bins is not None:
         order = torch.randperm(len(bins), generator=generator).tolist()
+        if batching == "packed_step":
+            return [row for b in order for row in split_bin(bins[b], lengths, rows_per_step)]
         return [[i for b in order[s : s + batch_size] for i in bins[b]] for s in range(0, len(order), batch_size)]
     order = torch.randperm(len(lengths), generator=generator).tolist()
     if batching == "sorted":
@@ -79,19 +106,26 @@ class TrainBatches:
     (`data.kinds`); `packed` applies to kinds whose items are single sequences."""
 
     def __init__(self, items: list, kind, *, batching: str, batch_size: int, max_tokens: int, weighting: str,
-                 pad_id: int, seed: int, versions: list[list] | None = None):
-        """`versions[i]`: item i in each of its versions (PAFT), of which each batch draws one per item."""
+                 pad_id: int, seed: int, versions: list[list] | None = None, rows_per_step: int = 1):
+        """`versions[i]`: item i in each of its versions (PAFT), of which each batch draws one per item.
+        `rows_per_step`: the micro-batches of one optimizer step (grad_accum × processes), for `packed_step`."""
         self.items, self.kind, self.batching, self.batch_size = items, kind, batching, batch_size
         self.weighting, self.pad_id, self.seed, self.max_tokens = weighting, pad_id, seed, max_tokens
         self.versions = versions
         self.lengths = [max(kind.length(v) for v in versions[i]) if versions else kind.length(item)
                         for i, item in enumerate(items)]  # the longest version, so packed rows always fit
-        self.bins = best_fit_decreasing(self.lengths, max_tokens) if batching == "packed" else None
+        self.rows_per_step = rows_per_step
+        self.row_tokens = max_tokens
+        if batching == "packed_step":
+            self.row_tokens = step_row_tokens(self.lengths, batch_size * rows_per_step)  # a bin is a whole step
+        self.bins = best_fit_decreasing(self.lengths, self.row_tokens) if batching.startswith("packed") else None
         self.epoch, self.cursor = 0, 0
         self._plan: list[list[int]] | None = None
 
     @property
     def batches_per_epoch(self) -> int:
+        if self.batching == "packed_step":
+            return sum(min(self.rows_per_step, len(b)) for b in self.bins)
         units = len(self.bins) if self.bins is not None else len(self.items)
         return -(-units // self.batch_size)
 
@@ -108,15 +142,19 @@ class TrainBatches:
     def summary(self) -> str:
         if self.bins is None:
             return f"{self.batching} batches, {self.padding_fraction():.1%} of their tokens padding"
-        fill = sum(self.lengths) / (len(self.bins) * self.max_tokens)
-        return f"packed into {len(self.bins)} rows of {self.max_tokens} tokens, {fill:.1%} full"
+        fill = sum(self.lengths) / (len(self.bins) * self.row_tokens)
+        if self.batching == "packed":
+            return f"packed into {len(self.bins)} rows of {self.row_tokens} tokens, {fill:.1%} full"
+        return (f"packed by step: {len(self.bins)} bins of {self.row_tokens} tokens, {fill:.1%} full, "
+                f"{len(self.items) / len(self.bins):.1f} examples per step")
 
     def next_indices(self) -> list[int]:
         if self.cursor >= self.batches_per_epoch:
             self.epoch, self.cursor, self._plan = self.epoch + 1, 0, None
         if self._plan is None:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            self._plan = epoch_plan(self.lengths, self.batching, self.batch_size, self.bins, generator)
+            self._plan = epoch_plan(self.lengths, self.batching, self.batch_size, self.bins, generator,
+                                    self.rows_per_step)
         self.cursor += 1
         return self._plan[self.cursor - 1]
 

@@ -76,8 +76,8 @@ def shown(title: str, input_ids: list[int], labels: list[int], tokenizer) -> Sho
 
 
 def inspect_records(records: Records, source: str, data_cfg, tokenizer, *, count: int = 3,
-                    train_cfg=None) -> Inspection:
-    """The inspection of `records` as `data_cfg` renders them; `train_cfg` adds the first training micro-batch."""
+                    recipe=None) -> Inspection:
+    """The inspection of `records` as `data_cfg` renders them; a `recipe` adds its first training micro-batch."""
     fmt = detect_format(records) if data_cfg.format == "auto" else data_cfg.format
     found = Inspection(source, fmt, [], data_cfg.max_tokens, data_cfg.overflow, eos=tokenizer.eos_token or "")
     first_copy: dict[str, str] = {}
@@ -99,16 +99,17 @@ def inspect_records(records: Records, source: str, data_cfg, tokenizer, *, count
             found.notes = stats.summary()
             found.examples = [shown(f"example {i + 1}", item.input_ids, item.labels, tokenizer)
                               for i, item in enumerate(items[:count])]
-            if train_cfg is not None:
-                found.examples.append(first_batch_row(items, data_cfg, train_cfg, tokenizer))
+            if recipe is not None:
+                found.examples.append(first_batch_row(items, recipe, tokenizer))
     return found
 
 
-def first_batch_row(items: list, data_cfg, train_cfg, tokenizer) -> Shown:
+def first_batch_row(items: list, recipe, tokenizer) -> Shown:
     """Row 1 of the first training micro-batch, built by the loop's own batching (and thought masking)."""
-    batches = TrainBatches(items, SEQUENCES, batching=data_cfg.batching, batch_size=train_cfg.micro_batch_size,
+    data_cfg, train_cfg = recipe.data, recipe.train
+    batches = TrainBatches(items, SEQUENCES, batching=recipe.batching, batch_size=train_cfg.micro_batch_size,
                            max_tokens=data_cfg.max_tokens, weighting=train_cfg.loss_weighting,
-                           pad_id=tokenizer.pad_token_id, seed=train_cfg.seed)
+                           pad_id=tokenizer.pad_token_id, seed=train_cfg.seed, rows_per_step=train_cfg.grad_accum)
     batch = batches.next()
     if data_cfg.mask_thought_ratio:
         masking = torch.Generator().manual_seed(train_cfg.seed * 1_000_003)  # the loop's generator at step 0
@@ -117,7 +118,7 @@ def first_batch_row(items: list, data_cfg, train_cfg, tokenizer) -> Shown:
     if "attention_mask" in batch:  # padded rows: padding is not shown
         width = int(batch["attention_mask"][0].sum())
         ids, labels = ids[:width], labels[:width]
-    return shown(f"first training micro-batch, row 1 ({data_cfg.batching})", ids, labels, tokenizer)
+    return shown(f"first training micro-batch, row 1 ({recipe.batching})", ids, labels, tokenizer)
 
 
 def histogram_lines(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:

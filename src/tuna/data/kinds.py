@@ -7,6 +7,7 @@ Each objective names its kind. A kind owns
 - `length` and `rows`: how long an item is and the padded rows it becomes (sorting, padding figures);
 - `evaluate`: the held-out metrics logged as `eval/<name>`;
 - `varies_by_rank`: why its forward passes differ from rank to rank, where they do (FSDP cannot follow).
+- `packs`: whether its items are single sequences, which `data.batching: auto` packs.
 The loop, the batches and the distributed code call these and never ask which objective runs.
 
 - `sequences`: rendered examples with a loss mask (SFT and its relatives). Held out: loss and perplexity.
@@ -49,6 +50,7 @@ class DataKind:
     rows: Callable[[object], list[Rendered]]  # the sequences an item is run as
     evaluate: Callable[..., dict]  # (model, items, objective, ctx, *, batch_size, pad_id, device, autocast)
     varies_by_rank: str | None = None
+    packs: bool = False  # items are single sequences, so `data.batching: auto` packs them
 
 
 def token_weight(batch: dict) -> float:
@@ -83,7 +85,7 @@ def evaluate_sequences(model, items, objective, ctx, **options) -> dict:
 
 SEQUENCES = DataKind(name="sequences", unit="examples", render=render_sequences, refuse=refuse_for_sequences,
                      collate=collate, batch_weight=token_weight, length=lambda item: len(item.input_ids),
-                     rows=lambda item: [item], evaluate=evaluate_sequences)
+                     rows=lambda item: [item], evaluate=evaluate_sequences, packs=True)
 
 
 # pairs ----------------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ PiSSA / EVA / CorDA initialisations by `lora.init`, and LoRA+'s separate learnin
 `lora.plus_ratio` (PEFT's grouping of the parameters, read back as learning-rate multipliers).
 PiSSA and CorDA move the principal part of each weight into the adapter, so the base changes; the
 saved adapter is converted back (rank 2r) so it applies to the original, unmodified base model.
+The one change to PEFT's modules: each plain LoRA layer's dropout is folded into its `A`
+(`lean_dropout`), the same arithmetic without the copies of the input it would keep.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pydantic import Field, model_validator
 
 from tuna.errors import UserError
 from tuna.methods.base import Method
+from tuna.methods.lean_dropout import fold_lora_dropout
 from tuna.sections import Section
 
 
@@ -129,6 +132,7 @@ class Lora(Method):
 
             initialize_lora_eva_weights(model, dataloader=calibration.task(cfg.calibration_batches),
                                         show_progress_bar=False)
+        fold_lora_dropout(model)
         if cfg.init in CHANGES_BASE:
             # PEFT's recipe: keep the initial adapter, flagged as plain LoRA, for the conversion at save time.
             # CorDA's settings are spent; left in, every load of the saved adapter warns that they are ignored.

@@ -25,10 +25,9 @@ def model_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def next_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T-1) cross-entropy per position (0 where ignored) and the mask of positions that count."""
     targets = labels[:, 1:]
-    logits = logits[:, :-1].float()
-    losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                             ignore_index=IGNORE, reduction="none").view_as(targets)
-    return losses, targets != IGNORE
+    shifted = F.pad(targets, (0, 1), value=IGNORE)  # the labels move, not the logits: no copy of them
+    losses = F.cross_entropy(logits.float().flatten(0, 1), shifted.flatten(), ignore_index=IGNORE, reduction="none")
+    return losses.view_as(shifted)[:, :-1], targets != IGNORE
 
 
 def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

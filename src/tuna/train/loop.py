@@ -20,7 +20,6 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -40,19 +39,19 @@ from tuna.errors import UserError
 from tuna.methods import build as build_method
 from tuna.methods.base import Method
 from tuna.models.attention import use_packed_attention
-from tuna.models.forward import token_losses
 from tuna.models.layers import count_parameters, trainable_names
 from tuna.models.load import load_base
 from tuna.models.reinit import check_reinitialised_layers_train, reinit_top_layers
 from tuna.models.rope import apply_rope_scaling
 from tuna.objectives import REGISTRY as OBJECTIVES
 from tuna.objectives.base import Objective, ObjectiveContext
-from tuna.objectives.chunked_ce import chunked_token_losses
+from tuna.objectives.chunked_ce import choose_token_losses
 from tuna.objectives.reference import frozen_copy, reference_logits
 from tuna.objectives.reference_logps import attach_reference_logps
 from tuna.objectives.rewards import RewardErrors, RewardKnobs
 from tuna.report.run_report import write_run_report
 from tuna.train import checkpoint, distributed
+from tuna.train.cpu import release_freed_memory, set_threads
 from tuna.train.compile import compile_blocks
 from tuna.train.device import (autocast, explain_out_of_memory, resolve_device, resolve_precision,
                                saved_tensors)
@@ -206,6 +205,10 @@ def setup(recipe: Recipe, dist: distributed.Dist, *, resume: bool, allow_data_ch
     say = (lambda msg: print(f"tuna: {msg}", file=sys.stderr)) if dist.main else (lambda msg: None)
     run_dir = prepare_run_dir(recipe, resume, dist, say)
     data = data_fingerprint(recipe.data)  # before the data is read
+    if dist.device.type == "cpu":
+        set_threads(cfg.cpu_threads)
+        if cfg.release_memory and not release_freed_memory():
+            say("train.release_memory: this C library has no mallopt (glibc's); freed memory stays in its heap")
     seed_everything(cfg.seed)
     model, tokenizer = load_base(recipe.model.name)
     if recipe.model.rope_scaling:
@@ -214,9 +217,10 @@ def setup(recipe: Recipe, dist: distributed.Dist, *, resume: bool, allow_data_ch
                                                 precision=precision, resume=resume, say=say)
     trained = trainable_names(model)
     dist.shard(model, precision)  # fsdp: before the optimizer, which must hold the sharded parameters
-    batches = TrainBatches(splits.train, objective.kind, batching=recipe.data.batching, batch_size=cfg.micro_batch_size,
+    batches = TrainBatches(splits.train, objective.kind, batching=recipe.batching, batch_size=cfg.micro_batch_size,
                            max_tokens=recipe.data.max_tokens, weighting=cfg.loss_weighting,
-                           pad_id=tokenizer.pad_token_id, seed=cfg.seed, versions=splits.train_versions)
+                           pad_id=tokenizer.pad_token_id, seed=cfg.seed, versions=splits.train_versions,
+                           rows_per_step=cfg.grad_accum * dist.world)
     max_steps = cfg.max_steps or math.ceil(cfg.epochs * batches.batches_per_epoch / (cfg.grad_accum * dist.world))
     optimizer = build_optimizer(model, recipe, method, cfg.lr or method.default_lr)
     from transformers import get_scheduler
@@ -265,11 +269,9 @@ def prepare_model_and_data(recipe: Recipe, dist, method: Method, objective: Obje
                                precision=precision, say=say, batch_size=recipe.eval.batch_size,
                                pad_id=tokenizer.pad_token_id, device=device, autocast=lambda: autocast(precision, device))
     model = prepare_method(recipe, method, model, tokenizer, splits, device)
-    chunk = recipe.train.loss_chunk_tokens
+    losses = choose_token_losses(recipe.train.loss_chunk_tokens, head_apart=objective.chunked_loss and method.plain_forward)
     ctx = ObjectiveContext(knobs, reference_logits(model, frozen) if live_reference else None, tokenizer=tokenizer,
-                           reward_errors=reward_errors,
-                           token_losses=partial(chunked_token_losses, chunk_tokens=chunk) if chunk else token_losses,
-                           sum_over_ranks=dist.sum_value)
+                           reward_errors=reward_errors, token_losses=losses, sum_over_ranks=dist.sum_value)
     return model, splits, ctx
 
 
@@ -279,7 +281,7 @@ def prepare_method(recipe: Recipe, method: Method, model, tokenizer, splits: Spl
     if recipe.init.reinit_top_layers:
         reinit_top_layers(model, recipe.init.reinit_top_layers)
     model.to(device)
-    if recipe.data.batching == "packed":
+    if recipe.batching.startswith("packed"):
         use_packed_attention(model)
     calibration = build_calibration(splits.train_sequences(), tokenizer, cfg.micro_batch_size, device, cfg.seed,
                                     recipe.data.max_tokens)
@@ -300,14 +302,17 @@ def describe(run: Run) -> None:
     cfg, say = run.recipe.train, run.say
     trainable, total = run.parameters
     say(f"model {run.recipe.model.name} | method {run.method.name}: {trainable:,} of {total:,} parameters train "
-        f"({100 * trainable / total:.2f}%) | device {run.dist.device}, {run.precision} | peak memory so far "
+        f"({100 * trainable / total:.2f}%) | device {run.dist.device}"
+        f"{f' ({torch.get_num_threads()} threads)' if run.dist.device.type == 'cpu' else ''}, {run.precision} | peak memory so far "
         f"{peak_memory_mb(run.dist.device):,.0f} MiB")
     say(f"data: train {run.splits.train_stats.summary()}"
         + (f"; eval {run.splits.eval_stats.summary()}" if run.splits.eval_stats else "; no eval split"))
-    unit = run.objective.kind.unit
-    if run.recipe.data.batching == "packed":
+    size, unit = cfg.micro_batch_size, run.objective.kind.unit
+    if run.recipe.batching == "packed":
         unit = f"rows of {run.recipe.data.max_tokens} tokens"
-    say(f"{run.max_steps} steps of {cfg.micro_batch_size}×{cfg.grad_accum * run.dist.world} {unit} "
+    elif run.recipe.batching == "packed_step":
+        size, unit = 1, f"packed rows of about {cfg.micro_batch_size} {unit}"  # `summary` gives the measured mean
+    say(f"{run.max_steps} steps of {size}×{cfg.grad_accum * run.dist.world} {unit} "
         f"({run.batches.summary()}); run directory {run.run_dir}")
     if run.dist.world > 1:
         say(f"{run.dist.world} processes ({run.dist.mode}): each trains {cfg.grad_accum} of a step's micro-batches")
