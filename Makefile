@@ -39,9 +39,10 @@ bench-gpu: $(STAMP)
 
 # tuna, TRL and Trainer + PEFT on the embedded model, LoRA and full, one after another (CPU: about 40 minutes
 # on 2 cores; figures in docs/benchmarks.md). TRL comes from the `bench` extra.
+# PEERS_ARGS passes options, e.g. PEERS_ARGS="--batch 2" (python benchmarks/peers.py --help).
 bench-peers: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
-	$(PY) benchmarks/peers.py
+	$(PY) benchmarks/peers.py $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

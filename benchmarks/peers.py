@@ -201,6 +201,8 @@ def run_tuna(args, clock: StepClock) -> None:
                      "precision": "bf16" if args.device.startswith("cuda") else "fp32", "save_every": 0,
                      "seed": 0},
            "eval": {"every": 0}, "output_dir": str(workdir / f"run-tuna-{args.mode}")}
+    if args.mode == "lora" and args.lora_dropout != LORA["dropout"]:
+        raw["lora"] = {"dropout": args.lora_dropout}
     recipe = validate_recipe(raw)
     if recipe.batching != "packed_step":
         raise SystemExit(f"tuna's default batching resolved to {recipe.batching}, not packed")
@@ -215,8 +217,9 @@ def peer_model(args):
     if args.mode == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+        model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"],
+                                                 lora_dropout=args.lora_dropout, target_modules="all-linear",
+                                                 task_type="CAUSAL_LM"))
     return model
 
 
@@ -284,6 +287,7 @@ def run_child(args) -> dict:
 def child_command(args, workdir: str, tool: str, mode: str, padding_free: bool) -> list[str]:
     return [sys.executable, __file__, "--device", args.device, "--steps", str(args.steps), "--batch", str(args.batch),
             "--examples", str(args.examples), "--workdir", workdir, "--tool", tool, "--mode", mode,
+            "--lora-dropout", str(args.lora_dropout),
             *(["--padding-free"] if padding_free else [])]
 
 
@@ -317,6 +321,8 @@ def main() -> None:
     parser.add_argument("--shape", choices=("llama-1b",), help="a random model of this shape instead of the "
                         "embedded one (the GPU benchmark)")
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--lora-dropout", type=float, default=LORA["dropout"], help="every tool's LoRA dropout "
+                        "(default tuna's, 0.05); at 0 the LoRA loss curves can agree, as no tool draws masks")
     parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument("--out", help="also write the results as JSON here")
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -361,9 +367,11 @@ def main() -> None:
             for tool in tools:
                 done = subprocess.run(child_command(args, workdir, tool, mode, padding_free), capture_output=True,
                                       text=True)
-                if done.returncode != 0:
-                    tail = done.stderr.strip().splitlines()[-1:] or ["(no output)"]
-                    rows[tool] = {"error": f"failed: {tail[0]}"}
+                if done.returncode < 0:  # a signal: on a full machine, the kernel's out-of-memory killer
+                    rows[tool] = {"error": f"killed by signal {-done.returncode} (out of memory, most likely)"}
+                elif done.returncode != 0:
+                    errors = [line for line in done.stderr.splitlines() if "Error" in line] or ["(no message)"]
+                    rows[tool] = {"error": f"failed: {errors[-1].strip()}"}
                 else:
                     rows[tool] = json.loads(done.stdout.splitlines()[-1])
                     timed = sum(lengths[args.batch : rows[tool]["steps"] * args.batch])  # steps 2.. hold these

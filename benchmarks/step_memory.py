@@ -1,6 +1,6 @@
 """Where one LoRA step's memory goes, on the embedded model: what the backward pass keeps, and the RSS.
 
-    python benchmarks/step_memory.py                 # 8 generated conversations (about 6,900 tokens), 4 setups
+    python benchmarks/step_memory.py                 # 6 generated conversations (about 5,500 tokens), 4 setups
 
 One step (forward and backward) of LoRA r16 (dropout 0.05, all linear layers) on SmolLM2-135M-Instruct,
 the examples packed into one row as tuna's default batching does, fp32 on the CPU. Four setups, each in
@@ -86,7 +86,8 @@ def measure(setup: int, rows_file: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--examples", type=int, default=8)
+    parser.add_argument("--examples", type=int, default=6, help="generated conversations in the row (at 8, the "
+                        "first setup needs more than a 24 GB machine)")
     parser.add_argument("--setup", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rows", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -8,7 +8,7 @@ Inter-op threads are left as torch sets them: the training step runs no parallel
 
 Freed memory. glibc keeps freed blocks of up to 32 MiB in its heap for reuse; a training step frees
 and allocates activations of many sizes, and the heap grows to far more than is live at once (on a
-LoRA step of the embedded model, 20.8 GB of RSS for 10 GB of live tensors). `train.release_memory`
+LoRA step of the embedded model, 20.8 GB of RSS for 14 GB of tensors kept). `train.release_memory`
 sets glibc's mmap threshold to 1 MiB, so every larger tensor comes from the OS and goes back to it
 when freed: peak RSS 11.8 GB there, and 20% fewer tokens per second (the kernel zeroes each new
 page). It is process-wide and stays for the life of the process.

@@ -301,9 +301,9 @@ def prepare_method(recipe: Recipe, method: Method, model, tokenizer, splits: Spl
 def describe(run: Run) -> None:
     cfg, say = run.recipe.train, run.say
     trainable, total = run.parameters
+    threads = f" ({torch.get_num_threads()} threads)" if run.dist.device.type == "cpu" else ""
     say(f"model {run.recipe.model.name} | method {run.method.name}: {trainable:,} of {total:,} parameters train "
-        f"({100 * trainable / total:.2f}%) | device {run.dist.device}"
-        f"{f' ({torch.get_num_threads()} threads)' if run.dist.device.type == 'cpu' else ''}, {run.precision} | peak memory so far "
+        f"({100 * trainable / total:.2f}%) | device {run.dist.device}{threads}, {run.precision} | peak memory so far "
         f"{peak_memory_mb(run.dist.device):,.0f} MiB")
     say(f"data: train {run.splits.train_stats.summary()}"
         + (f"; eval {run.splits.eval_stats.summary()}" if run.splits.eval_stats else "; no eval split"))
