@@ -269,7 +269,9 @@ def prepare_model_and_data(recipe: Recipe, dist, method: Method, objective: Obje
                                precision=precision, say=say, batch_size=recipe.eval.batch_size,
                                pad_id=tokenizer.pad_token_id, device=device, autocast=lambda: autocast(precision, device))
     model = prepare_method(recipe, method, model, tokenizer, splits, device)
-    losses = choose_token_losses(recipe.train.loss_chunk_tokens, head_apart=objective.chunked_loss and method.plain_forward)
+    # the decoder and the head may run apart, except inside FSDP's sharded forward (which unshards per module call)
+    head_apart = objective.chunked_loss and method.plain_forward and dist.mode != "fsdp"
+    losses = choose_token_losses(recipe.train.loss_chunk_tokens, head_apart=head_apart)
     ctx = ObjectiveContext(knobs, reference_logits(model, frozen) if live_reference else None, tokenizer=tokenizer,
                            reward_errors=reward_errors, token_losses=losses, sum_over_ranks=dist.sum_value)
     return model, splits, ctx
