@@ -6,16 +6,17 @@ the head `chunk_tokens` positions at a time; each slice's logits live only while
 computed, and are recomputed in the backward pass (activation checkpointing per slice). The loss
 and the gradients equal the plain loss up to float rounding; the price is one more head matmul.
 
-Used by the SFT loss (and S3FT's) when `train.loss_chunk_tokens` is set.
+Used by the SFT loss (and S3FT's) when `train.loss_chunk_tokens` is set. Models whose logits are more
+than `head(h)` (Gemma's soft-capping, Cohere's logit scale) are refused rather than silently changed.
+On CUDA with liger-kernel installed, its fused linear cross-entropy (Triton kernels, its own chunk size)
+replaces the slices here: same per-token losses, with the head's gradient computed chunk by chunk in-kernel.
 
 When the head is frozen (LoRA and the other adapters), `frozen_head_token_losses` goes further and is the
 default: a token's loss depends on its own hidden state alone, so its gradient with respect to that
 state, `(softmax − onehot(target)) @ W`, is computed in the forward pass, slice by slice, and kept
 (tokens × hidden, a few MB). The backward pass only scales it by each token's incoming gradient: no
-logits kept, none recomputed, and no matmul more than the plain loss does. Models whose logits are more than `head(h)`
-(Gemma's soft-capping, Cohere's logit scale) are refused rather than silently changed. On CUDA with
-liger-kernel installed, its fused linear cross-entropy (Triton kernels, its own chunk size) replaces
-the slices here: same per-token losses, with the head's gradient computed chunk by chunk in-kernel.
+logits kept, none recomputed, and no matmul more than the plain loss does. Where the head trains, or the
+model transforms its logits, the plain loss runs instead.
 """
 from __future__ import annotations
 
