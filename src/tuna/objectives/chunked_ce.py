@@ -54,6 +54,14 @@ def decoder_and_head(model):
     return base.get_decoder(), head
 
 
+def head_and_flat_hidden(model, batch: dict) -> tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]:
+    """The output head, the decoder's last hidden states of the scored positions as (N, H), and the (B, T-1)
+    targets they predict."""
+    decoder, head = decoder_and_head(model)
+    hidden = decoder(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).last_hidden_state
+    return head, hidden[:, :-1].reshape(-1, hidden.size(-1)), batch["labels"][:, 1:]
+
+
 def _slice_losses(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor) -> torch.Tensor:
     logits = F.linear(hidden, weight, bias).float()
     return F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="none")
@@ -70,10 +78,7 @@ def fused_kernel(device: torch.device):
 
 def chunked_token_losses(model, batch: dict, chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """As `models.forward.token_losses`: (B, T-1) per-position losses (0 where ignored) and the mask that counts."""
-    decoder, head = decoder_and_head(model)
-    hidden = decoder(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).last_hidden_state
-    targets = batch["labels"][:, 1:]
-    flat_hidden = hidden[:, :-1].reshape(-1, hidden.size(-1))
+    head, flat_hidden, targets = head_and_flat_hidden(model, batch)
     flat_targets = targets.reshape(-1)
     fused = fused_kernel(flat_hidden.device)
     if fused is not None:
@@ -147,9 +152,6 @@ def frozen_head_or_plain_losses(model, batch: dict) -> tuple[torch.Tensor, torch
 
 def frozen_head_token_losses(model, batch: dict, chunk_tokens: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """As `models.forward.token_losses`, for a frozen head: the decoder, then `_FrozenHeadCrossEntropy`."""
-    decoder, head = decoder_and_head(model)
-    hidden = decoder(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, use_cache=False).last_hidden_state
-    targets = batch["labels"][:, 1:]
-    flat_hidden = hidden[:, :-1].reshape(-1, hidden.size(-1))
+    head, flat_hidden, targets = head_and_flat_hidden(model, batch)
     losses = _FrozenHeadCrossEntropy.apply(flat_hidden, head.weight, head.bias, targets.reshape(-1), chunk_tokens)
     return losses.view_as(targets), targets != IGNORE
