@@ -72,10 +72,10 @@ def stepwise(model, prompt: list[int], *, eos_id: int, max_new_tokens: int, samp
     return completion
 
 
-def nucleus_sample(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+def nucleus_sample(logits: torch.Tensor, top_p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """A token from the smallest set of most likely tokens whose probability reaches `top_p`."""
     probs = torch.softmax(logits, dim=-1)
     ordered, order = probs.sort(descending=True)
     keep = ordered.cumsum(0) - ordered < top_p  # always keeps the most likely token
     ordered = ordered * keep
-    return order[torch.multinomial(ordered / ordered.sum(), 1)[0]]
+    return order[torch.multinomial(ordered / ordered.sum(), 1, generator=generator)[0]]
