@@ -1,6 +1,6 @@
 """The package's layers: nothing imports upwards, and no modules import each other in a loop.
 
-models ← data ← eval ← methods, objectives, report ← config ← train, merge, selection ← workflows (compare, demo, export) ← cli. Imports inside
+models ← data ← eval ← methods, objectives, report ← config ← train, merge, selection ← workflows (compare, demo, export, gguf_export, serve) ← cli. Imports inside
 functions count: a lazy import is still a dependency.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "tuna"
 RANKS = {"errors": 0, "atomic": 0, "migrate": 1, "rundir": 0, "sections": 0,
          "models": 1, "data": 2, "eval": 3, "methods": 4, "objectives": 4, "report": 4, "config": 5,
-         "train": 6, "merge": 6, "selection": 6, "compare": 7, "demo": 7, "export": 7, "cli": 8, "__main__": 9, "__init__": 0}
+         "train": 6, "merge": 6, "selection": 6, "compare": 7, "demo": 7, "export": 7, "gguf_export": 7, "serve": 7, "cli": 8, "__main__": 9, "__init__": 0}
 
 
 def module_name(path: Path) -> str:

@@ -20,7 +20,7 @@ def atomic_directory(target: Path, *, keep_existing: bool = False):
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the result should be as any directory
     try:
         yield tmp
-        for f in tmp.iterdir():
+        for f in tmp.rglob("*"):
             if f.is_file():
                 with f.open("rb") as fh:
                     os.fsync(fh.fileno())

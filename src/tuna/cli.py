@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import warnings
 
@@ -52,6 +53,7 @@ def quiet_libraries(debug: bool) -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add_command in (add_train_command, add_generate_command, add_chat_command, add_eval_command,
                         add_eval_needle_command, add_data_command, add_export_command, add_merge_command,
-                        add_compare_command, add_config_command,
+                        add_compare_command, add_serve_command, add_config_command,
                         add_demo_command, add_methods_command):
         add_command(sub, common)
     return parser
@@ -116,7 +118,8 @@ def add_eval_command(sub, common: argparse.ArgumentParser) -> None:
                        description="Without --metric: loss and perplexity on a data file, with the same formats and "
                                    "loss masks as training. With --metric: generate an answer per record and score "
                                    "it (LongBench records, prompt/completion or messages), or for mc_accuracy rank "
-                                   "each record's choices by log-likelihood. Needle in a haystack: "
+                                   "each record's choices by log-likelihood. With --harness: EleutherAI's "
+                                   "lm-evaluation-harness tasks, offline. Needle in a haystack: "
                                    "tuna eval needle -h. Metrics and formats: docs/evaluation.md.")
     add_model_arg(p)
     add_proxy_args(p)
@@ -124,6 +127,19 @@ def add_eval_command(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", choices=["general"], help="instead of --data: the built-in forgetting probe "
                    "(general-text perplexity and general multiple choice), with the change from --base")
     p.add_argument("--base", help="with --suite: the model to compare with (default: a run directory's base model)")
+    p.add_argument("--harness", type=comma_list, metavar="TASK[,TASK...]",
+                   help="instead of --data: lm-evaluation-harness tasks, offline: tuna's own (examples/harness: "
+                        "tuna_suite, tuna_general, tuna_knowledge_mc, tuna_cloze, tuna_dates, tuna_arithmetic) or "
+                        "standard ones whose datasets are in the local Hugging Face cache (mmlu, arc_easy, ...)")
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                   help="with --harness: a directory of more task YAMLs (repeatable)")
+    p.add_argument("--num-fewshot", type=int, metavar="K", help="with --harness: examples per prompt (default: "
+                                                                "the task's)")
+    p.add_argument("--limit", type=int, metavar="N", help="with --harness: only the first N examples of each task")
+    p.add_argument("--apply-chat-template", action="store_true",
+                   help="with --harness: prompts through the model's chat template")
+    p.add_argument("--log-samples", action="store_true",
+                   help="with --harness: also write each example's prompt, responses and scores")
     p.add_argument("--metric", type=comma_list, metavar="NAME[,NAME...]",
                    help="score generated answers: qa_f1, rouge_l, exact_match, bleu, classification, json_valid; "
                         "rank choices: mc_accuracy, mc_accuracy_norm")
@@ -142,7 +158,8 @@ def add_eval_command(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="with --sample (default 0)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", metavar="DIR", help="with --metric: where to write scores.json and predictions.jsonl "
-                                                "(default runs/eval-<time>)")
+                                                "(default runs/eval-<time>); with --harness: results.json and "
+                                                "summary.json (default RUN/harness or runs/harness-<time>)")
     p.set_defaults(run=cmd_eval)
 
 
@@ -272,14 +289,24 @@ def add_export_command(sub, common: argparse.ArgumentParser) -> None:
                                    "transformers checkpoint. With --apply-delta, add sparse deltas (from sparse or "
                                    "s2ft runs) to MODEL one after another: deltas compose by addition. With "
                                    "--bitdelta, store a full fine-tune's delta as one sign bit per weight and a "
-                                   "distilled scale per matrix (loadable by --model like a run).")
-    p.add_argument("run_dir", metavar="RUN", help="a finished run directory (or, with --apply-delta, any model)")
+                                   "distilled scale per matrix (loadable by --model like a run). With --gguf, write "
+                                   "one GGUF file for llama.cpp, Ollama and LM Studio (llama and qwen2 models; "
+                                   "docs/deploy.md).")
+    p.add_argument("run_dir", metavar="RUN", help="a finished run directory (or, with --apply-delta or --gguf, any model)")
     p.add_argument("--merge", metavar="OUT", help="directory to write the merged checkpoint to")
     p.add_argument("--apply-delta", nargs="+", action="extend", default=[], metavar="DELTA",
                    help="sparse delta files or sparse/s2ft run directories to add")
     p.add_argument("--bitdelta", metavar="OUT", help="directory to write the BitDelta compression of a full fine-tune to")
     p.add_argument("--bitdelta-steps", type=int, default=100, metavar="N",
                    help="with --bitdelta: Adam steps distilling the scales on the run's data (default 100)")
+    p.add_argument("--gguf", metavar="OUT.gguf", help="GGUF file to write")
+    p.add_argument("--quant", choices=("f16", "bf16", "q8_0", "q4_0"),
+                   help="with --gguf: type of the weight matrices; norms stay f32 (default f16)")
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload the run to this Hugging Face Hub model repository: "
+                   "the adapter folder of an adapter run, else the merged checkpoint, with a model card "
+                   "(docs/deploy.md)")
+    p.add_argument("--dry-run", metavar="DIR", help="with --push-to-hub: write the folder that would be uploaded to "
+                   "DIR and upload nothing")
     p.set_defaults(run=cmd_export)
 
 
@@ -310,6 +337,25 @@ def add_compare_command(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="output directory (default: the matrix's output_dir)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs are written anyway)")
     p.set_defaults(run=cmd_compare)
+
+
+def add_serve_command(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("serve", parents=[common], help="serve a model and its LoRA adapters over OpenAI's HTTP API",
+                       description="Serve MODEL, and any number of LoRA adapters over one copy of it, at "
+                                   "/v1/chat/completions, /v1/completions (streamable), /v1/models and /health. "
+                                   "A request's `model` picks the base or an adapter; requests are batched "
+                                   "continuously, adapters mixed in one batch. See docs/deploy.md.")
+    p.add_argument("model", metavar="MODEL", help="alias (smollm2-135m), checkpoint directory, .gguf file, cached hub "
+                                                  "id or run directory (a run's adapter is merged into its base)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=RUN",
+                   help="serve RUN's LoRA adapter (a tuna run or a PEFT adapter directory) as model NAME (repeatable)")
+    p.add_argument("--name", help="the base's model id for clients (default: MODEL as given, or its directory name)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=16, metavar="N", help="requests decoded together (default 16)")
+    p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                   help="transformers (default, any machine) or vllm (runs vLLM's server; CUDA and vLLM needed)")
+    p.set_defaults(run=cmd_serve)
 
 
 def add_demo_command(sub, common: argparse.ArgumentParser) -> None:
@@ -499,10 +545,12 @@ def cmd_eval(args) -> int:
     from tuna.data.render import render_records
     from tuna.data.scoring import heldout_loss
 
-    if (args.data is None) == (args.suite is None):
-        raise UserError("tuna eval needs either --data FILE or --suite general")
+    if sum(source is not None for source in (args.data, args.suite, args.harness)) != 1:
+        raise UserError("tuna eval needs either --data FILE or --suite general or --harness TASK")
     if args.suite:
         return eval_suite(args)
+    if args.harness is not None:
+        return eval_harness(args)
     records = read_records(args.data)
     if args.metric is not None:
         return eval_metrics(args, records)
@@ -529,6 +577,27 @@ def eval_suite(args) -> int:
     else:
         print("tuna: --model is not a run directory: give --base to see the change from a base model", file=sys.stderr)
     print(json.dumps(result, indent=1))
+    return 0
+
+
+def eval_harness(args) -> int:
+    """lm-evaluation-harness tasks on --model; a run directory's results go to RUN/harness."""
+    from pathlib import Path
+
+    from tuna import rundir
+    from tuna.eval.harness import check_request, format_table, run_harness, write_results
+
+    if args.proxy is not None or args.anti is not None:
+        raise UserError("--harness evaluates one model; proxy-tuning (--proxy, --anti) is for generation and --data")
+    request = check_request(args.harness, args.include_path, limit=args.limit, num_fewshot=args.num_fewshot)
+    model, tokenizer = _load(args.model)
+    results = run_harness(request, model, tokenizer, num_fewshot=args.num_fewshot, limit=args.limit,
+                          apply_chat_template=args.apply_chat_template, log_samples=args.log_samples,
+                          batch_size=args.batch_size)
+    run = Path(args.model).expanduser()
+    out = write_results(args.out or (run / "harness" if rundir.is_run_dir(run) else default_out("harness")), results)
+    print(format_table(results))
+    print(f"results written to {out} (results.json, summary.json)", file=sys.stderr)
     return 0
 
 
@@ -738,8 +807,14 @@ def default_out(kind: str) -> str:
 def cmd_export(args) -> int:
     from tuna.export import export_bitdelta, export_merged
 
-    if (args.merge is None) == (args.bitdelta is None):
-        raise UserError("tuna export needs one of --merge OUT or --bitdelta OUT")
+    if args.push_to_hub is not None or args.dry_run is not None:
+        return push_run(args)
+    if sum(out is not None for out in (args.merge, args.bitdelta, args.gguf)) != 1:
+        raise UserError("tuna export needs one of --merge OUT or --bitdelta OUT or --gguf OUT.gguf")
+    if args.quant is not None and args.gguf is None:
+        raise UserError("--quant goes with --gguf")
+    if args.gguf is not None:
+        return gguf_run(args)
     if args.bitdelta is not None:
         if args.apply_delta:
             raise UserError("--apply-delta goes with --merge, not --bitdelta")
@@ -756,10 +831,57 @@ def cmd_export(args) -> int:
     return 0
 
 
+def gguf_run(args) -> int:
+    """`tuna export RUN --gguf OUT.gguf [--quant Q]`."""
+    from tuna.gguf_export import export_gguf
+
+    if args.apply_delta:
+        raise UserError("--apply-delta goes with --merge, not --gguf")
+    done = export_gguf(args.run_dir, args.gguf, args.quant or "f16")
+    fallbacks = f" ({done['f16_fallbacks']} of them f16: rows not a multiple of 32)" if done["f16_fallbacks"] else ""
+    print(f"GGUF written to {done['out']}: {done['bytes'] / 1e6:.1f} MB, {done['quant']}, {done['tensors']} "
+          f"tensors{fallbacks}")
+    return 0
+
+
+def push_run(args) -> int:
+    """`tuna export RUN --push-to-hub REPO [--dry-run DIR]`."""
+    from tuna.export import push_to_hub, stage
+
+    if args.push_to_hub is None:
+        raise UserError("--dry-run goes with --push-to-hub REPO")
+    if args.merge or args.bitdelta or args.gguf or args.apply_delta:
+        raise UserError("--push-to-hub uploads a finished run as it is; leave out --merge, --bitdelta, --gguf and "
+                        "--apply-delta")
+    if args.dry_run is not None:
+        folder = stage(args.run_dir, args.dry_run, args.push_to_hub)
+        print(f"dry run: {folder} holds what would be uploaded to {args.push_to_hub}: "
+              f"{', '.join(sorted(f.name for f in folder.iterdir()))}")
+        return 0
+    print(f"uploaded to {push_to_hub(args.run_dir, args.push_to_hub)}")
+    return 0
+
+
 def cmd_merge(args) -> int:
     from tuna.merge.run import merge_models
 
     print(f"merged model written to {merge_models(args.config, args.out, progress=not args.no_progress)}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from tuna.serve.run import parse_adapters, serve, served_name
+
+    if args.max_batch < 1:
+        raise UserError("--max-batch needs at least 1")
+    if args.engine == "vllm":
+        from tuna.serve.vllm import serve_with_vllm, vllm_command
+
+        name = args.name or served_name(args.model)
+        command = vllm_command(args.model, parse_adapters(args.adapter, name), host=args.host, port=args.port,
+                               name=name, max_batch=args.max_batch)
+        return serve_with_vllm(command)
+    serve(args.model, args.adapter, host=args.host, port=args.port, max_batch=args.max_batch, name=args.name)
     return 0
 
 

@@ -51,3 +51,58 @@ def test_a_file_that_is_not_gguf_or_is_damaged_is_refused_without_a_cache_entry(
         resolve(str(tmp_path / "cut.gguf"))
     models = tuna_home() / "models"
     assert not models.exists() or not any(models.iterdir())  # nothing half-converted is left to be trusted
+
+
+# ---------------------------------------------------------------- adapters and checkpoints of other tools
+
+@pytest.fixture
+def peft_adapter(tiny_model_dir, tmp_path):
+    """A LoRA adapter written by plain PEFT (not tuna), with non-zero weights, naming its base by path."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"],
+                                      init_lora_weights=False))
+    model.save_pretrained(tmp_path / "adapter")
+    return tmp_path / "adapter"
+
+
+def cli(capsys, *argv):
+    from tuna.cli import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_eval_and_generate_take_an_adapter_directory_of_another_tool(peft_adapter, tiny_model_dir, chat_data, capsys):
+    import json
+
+    assert not (peft_adapter / "config.json").exists()
+    results = {}
+    for model in (peft_adapter, tiny_model_dir):
+        code, out, err = cli(capsys, "eval", "--model", str(model), "--data", str(chat_data))
+        assert code == 0, err
+        loss = json.loads(out)["loss"]
+        code, out, err = cli(capsys, "generate", "--model", str(model), "--prompt", "what is 3 + 3?",
+                             "--max-new-tokens", "8")
+        assert code == 0, err
+        results[model] = (loss, out)
+    (adapted_loss, adapted_text), (base_loss, base_text) = results[peft_adapter], results[tiny_model_dir]
+    assert abs(adapted_loss - base_loss) > 1e-3 and adapted_text != base_text  # the adapter is applied
+
+
+def test_an_adapter_whose_base_cannot_be_opened_is_one_line(peft_adapter, tmp_path, capsys):
+    import json
+
+    config = json.loads((peft_adapter / "adapter_config.json").read_text())
+    (peft_adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "org/absent"}))
+    code, out, err = cli(capsys, "generate", "--model", str(peft_adapter), "--prompt", "hi")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "is for the base model 'org/absent', which tuna cannot open: hub model 'org/absent' is not in" in err
+    (peft_adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
+    with pytest.raises(UserError, match="does not name its base model"):
+        load_any(str(peft_adapter))

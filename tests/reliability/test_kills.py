@@ -34,7 +34,7 @@ def dying(real):
         return real(*args, **kwargs)
     return call
 
-def final_then_die(method, model, tokenizer, run_dir):
+def final_then_die(method, model, tokenizer, run_dir, **kwargs):
     with atomic.atomic_directory(run_dir / "final") as tmp:
         method.save_final(model, tmp)
         os._exit(137)

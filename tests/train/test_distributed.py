@@ -253,6 +253,22 @@ def test_a_two_process_checkpoint_resumes_on_one_process(runs, tmp_path, run, ba
     assert diff < TOLERANCE
 
 
+@pytest.mark.parametrize("run", ["lora-ddp", "lora-fsdp"])
+def test_a_two_process_checkpoint_holds_the_whole_adapter(runs, run):
+    """Rank 0 writes the checkpoint's PEFT adapter from the whole model (gathered under fsdp, not its shard):
+    the last checkpoint's is final/'s, with the tensors of the single-process run's."""
+    from safetensors.torch import load_file
+
+    root = runs["root"]
+    last = root / run / "checkpoints" / "step-0000006"
+    assert checkpoint.damage(last) is None
+    saved = load_file(last / checkpoint.ADAPTER / "adapter_model.safetensors")
+    final = load_file(root / run / "final" / "adapter_model.safetensors")
+    single = load_file(root / "lora-1" / "final" / "adapter_model.safetensors")
+    assert saved.keys() == final.keys() == single.keys()
+    assert all(torch.equal(saved[k], final[k]) and saved[k].shape == single[k].shape for k in final)
+
+
 def test_a_checkpoint_that_does_not_fit_is_refused(runs, tmp_path):
     other = tmp_path / "other"
     truncate_to_step_4(runs["root"] / "full-fsdp", other)

@@ -27,6 +27,7 @@ class Method:
     shardable: ClassVar[bool] = False  # FSDP2 can shard it: its training is the model's own forward and backward
     packs: ClassVar[bool] = True  # works on packed batches (examples back to back in one row)
     plain_forward: ClassVar[bool] = True  # the model is its decoder plus its head (train.loss_chunk_tokens runs them apart)
+    saves_adapter: ClassVar[bool] = False  # `save_final` writes a PEFT adapter: every checkpoint then holds one too
 
     def __init__(self, **knobs: Section):
         unknown = set(knobs) - set(self.sections)

@@ -26,6 +26,7 @@ class Ia3(Method):
     paper = "Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning ((IA)^3)"
     default_lr = 3e-3
     sections = {"ia3": Ia3Knobs}
+    saves_adapter = True
 
     def prepare(self, model, calibration=None):
         from peft import IA3Config, get_peft_model

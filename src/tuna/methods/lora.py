@@ -102,6 +102,7 @@ class Lora(Method):
     default_lr = 2e-4
     sections = {"lora": LoraKnobs}
     shardable = True
+    saves_adapter = True
     variant: ClassVar[dict] = {}  # PEFT LoraConfig flags that make the variant (DoRA, rsLoRA)
 
     def __init__(self, **knobs):

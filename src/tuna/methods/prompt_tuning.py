@@ -30,6 +30,7 @@ class VirtualTokens(Method):
 
     packs = False
     plain_forward = False
+    saves_adapter = True
 
     def peft_config(self):
         raise NotImplementedError

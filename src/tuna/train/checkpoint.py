@@ -4,6 +4,10 @@ A checkpoint is written to a temporary directory and renamed into place, so `che
 only ever holds complete checkpoints and a crash mid-write leaves the last good one untouched.
 A run of several processes writes the model and optimizer as DCP shards instead (`train.distributed`).
 
+A method that saves a PEFT adapter also puts one in every checkpoint (`adapter/`, written by the
+loop through `extra`), so any checkpoint loads with plain `PeftModel.from_pretrained`; resuming
+reads only the files below.
+
 The last file written is `manifest.json`: the size and sha256 of every other file. A checkpoint is
 used only when its files match it, so a truncated, emptied or silently altered file is caught and
 the next older checkpoint is used instead (`newest_good`). State files are read with
@@ -18,6 +22,7 @@ import json
 import random
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,6 +38,7 @@ STATE = "state.pt"
 META = "meta.json"
 MANIFEST = "manifest.json"
 SHARDS = "shards"  # a multi-process checkpoint's model and optimizer (torch.distributed.checkpoint)
+ADAPTER = "adapter"  # the adapter in PEFT's format, for methods that save one
 
 
 def fingerprint(model, names: list[str]) -> dict:
@@ -67,13 +73,17 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save(directory: Path, step: int, model, names: list[str], state: dict, keep: int) -> Path:
-    """Write checkpoint `step` (the tensors `names`, plus `state`) atomically, then prune to the newest `keep`."""
+def save(directory: Path, step: int, model, names: list[str], state: dict, keep: int,
+         extra: Callable[[Path], None] | None = None) -> Path:
+    """Write checkpoint `step` (the tensors `names`, plus `state`, plus what `extra` writes into the directory)
+    atomically, then prune to the newest `keep`."""
     target = directory / f"step-{step:07d}"
     with atomic_directory(target) as tmp:
         save_file({n: t.contiguous().cpu() for n, t in named_state(model, names).items()}, tmp / WEIGHTS)
         torch.save(state, tmp / STATE)
         (tmp / META).write_text(json.dumps({"step": step, "fingerprint": fingerprint(model, names)}, indent=1))
+        if extra is not None:
+            extra(tmp)
         write_manifest(tmp)
     prune(directory, keep)
     return target

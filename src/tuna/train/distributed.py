@@ -213,12 +213,13 @@ class Dist:
             del model.state_dict
 
     def save_checkpoint(self, directory: Path, step: int, model, optimizer, names: list[str], state: dict,
-                        keep: int) -> Path:
+                        keep: int, extra=None) -> Path:
         """One process: the single-process format (`checkpoint.save`). Several: model and optimizer as DCP
-        shards written by every rank, the rest (with each rank's RNG states) by rank 0, renamed into place
-        by rank 0 once all of it is written."""
+        shards written by every rank, the rest (with each rank's RNG states, and what `extra` writes from the
+        whole model) by rank 0, renamed into place by rank 0 once all of it is written."""
         if self.world == 1:
-            return checkpoint.save(directory, step, model, names, {**state, "optimizer": optimizer.state_dict()}, keep)
+            return checkpoint.save(directory, step, model, names, {**state, "optimizer": optimizer.state_dict()}, keep,
+                                   extra)
         import torch.distributed.checkpoint as dcp
 
         model_state, optimizer_state = _state_dicts(model, optimizer, names)
@@ -232,13 +233,23 @@ class Dist:
                 torch.save({**state, "rng": rng}, tmp / checkpoint.STATE)
                 meta = {"step": step, "fingerprint": checkpoint.fingerprint(model, names), "world_size": self.world}
                 (tmp / checkpoint.META).write_text(json.dumps(meta, indent=1))
+                self.write_whole(model, extra, tmp)
                 checkpoint.write_manifest(tmp)  # dcp.save returned: every rank's shards are written
             checkpoint.prune(directory, keep)
         else:  # dcp.save returns once every rank's shards and the metadata are written
             tmp = self.from_main(None)
             dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp / checkpoint.SHARDS)
+            self.write_whole(model, extra, tmp)
         self.barrier()  # nobody goes on before the checkpoint is in place
         return target
+
+    def write_whole(self, model, extra, directory: Path) -> None:
+        """Rank 0 runs `extra(directory)` on the whole model; under fsdp every rank takes part in gathering it."""
+        if extra is None:
+            return
+        with self.whole_model(model):
+            if self.main:
+                extra(directory)
 
     def load_checkpoint(self, path: Path, model, optimizer, names: list[str], optimizer_kind: str) -> dict:
         """Put a checkpoint of either format into the model and optimizer, restore this rank's RNG states

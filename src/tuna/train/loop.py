@@ -39,6 +39,7 @@ from tuna.errors import UserError
 from tuna.methods import build as build_method
 from tuna.methods.base import Method
 from tuna.models.attention import use_packed_attention
+from tuna.models.hub import hub_id, name_base
 from tuna.models.layers import count_parameters, trainable_names
 from tuna.models.load import load_base
 from tuna.models.reinit import check_reinitialised_layers_train, reinit_top_layers
@@ -49,6 +50,7 @@ from tuna.objectives.chunked_ce import choose_token_losses
 from tuna.objectives.reference import frozen_copy, reference_logits
 from tuna.objectives.reference_logps import attach_reference_logps
 from tuna.objectives.rewards import RewardErrors, RewardKnobs
+from tuna.report.model_card import write_model_card
 from tuna.report.run_report import write_run_report
 from tuna.train import checkpoint, distributed
 from tuna.train.cpu import release_freed_memory, set_threads
@@ -79,6 +81,7 @@ class RunResult:
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)  # what the run went on despite (a data change on resume)
     data: str = ""  # what trained: the rendered training split's counts (and a data.sources mix)
+    eval_data: str = ""  # what evaluated: the held-out split's counts
 
 
 def seed_everything(seed: int) -> None:
@@ -330,7 +333,7 @@ def save_checkpoint(run: Run) -> Path:
              "data": run.data}
     try:
         return run.dist.save_checkpoint(run.checkpoints, run.step, run.model, run.optimizer, run.trained, state,
-                                        run.recipe.train.keep_checkpoints)
+                                        run.recipe.train.keep_checkpoints, adapter_writer(run))
     except Exception as exc:
         good = checkpoint.good_checkpoints(run.checkpoints)
         need = checkpoint.size_bytes(good[-1]) if good else 0
@@ -341,6 +344,25 @@ def save_checkpoint(run: Run) -> Path:
                         + (f"; {good[-1]} is intact" if good else "; no checkpoint had been written yet")
                         + f". Free some space, then `tuna train --resume {run.run_dir}`"
                         + ("" if good else " cannot help: start the run again") ) from None
+
+
+def adapter_writer(run: Run) -> Callable[[Path], None] | None:
+    """For a method that saves a PEFT adapter: what writes it into a checkpoint directory, so every checkpoint
+    loads with PEFT alone. The random streams and the train mode are put back after it (PiSSA's conversion
+    loads a temporary adapter, which draws its initialisation and leaves the model in eval mode), so that
+    writing a checkpoint changes nothing in the run."""
+    if not run.method.saves_adapter:
+        return None
+
+    def write(directory: Path) -> None:
+        states, training = checkpoint.rng_states(), run.model.training
+        save_portable(run.method, run.model, directory / checkpoint.ADAPTER, run.recipe.model.name)
+        checkpoint.set_rng_states(states)
+        run.model.train(training)
+        # PEFT's empty card names the local path the base came from; the run's card is in final/
+        (directory / checkpoint.ADAPTER / "README.md").unlink(missing_ok=True)
+
+    return write
 
 
 def restore(run: Run) -> None:
@@ -531,26 +553,38 @@ def last_logged(path: Path) -> tuple[float | None, dict | None]:
 
 def finish(run: Run, last_loss: float | None, last_eval: dict | None, *, seconds: float) -> RunResult:
     interrupted = run.step < run.max_steps
+    trainable, total = run.parameters
+    eval_stats = run.splits.eval_stats
+    result = RunResult(run_dir=str(run.run_dir), steps=run.step, tokens=run.tokens, seconds=seconds,
+                       train_loss=last_loss, eval_loss=last_eval and last_eval.get("loss"),
+                       eval_ppl=last_eval and last_eval.get("ppl"), trainable_params=trainable, total_params=total,
+                       peak_memory_mb=peak_memory_mb(run.dist.device), interrupted=interrupted,
+                       warnings=run.warnings, data=run.splits.train_stats.summary(),
+                       eval_data=eval_stats.summary() if eval_stats else "")
     if interrupted:
         run.say(f"stopped at step {run.step}; resume with: tuna train --resume {run.run_dir}")
     else:
         with run.dist.whole_model(run.model):
             if run.dist.main:
-                save_final(run.method, run.model, run.tokenizer, run.run_dir)
-    trainable, total = run.parameters
-    result = RunResult(run_dir=str(run.run_dir), steps=run.step, tokens=run.tokens, seconds=seconds,
-                       train_loss=last_loss, eval_loss=last_eval and last_eval.get("loss"),
-                       eval_ppl=last_eval and last_eval.get("ppl"), trainable_params=trainable, total_params=total,
-                       peak_memory_mb=peak_memory_mb(run.dist.device), interrupted=interrupted,
-                       warnings=run.warnings, data=run.splits.train_stats.summary())
+                save_final(run.method, run.model, run.tokenizer, run.run_dir, model_name=run.recipe.model.name,
+                           summary=asdict(result))
     if run.dist.main:
         (run.run_dir / rundir.SUMMARY).write_text(json.dumps(asdict(result), indent=1))
         run.say(f"report: {write_run_report(run.run_dir, device=str(run.dist.device))}")
     return result
 
 
-def save_final(method, model, tokenizer, run_dir: Path) -> None:
-    """The final model or adapter, plus the tokenizer, renamed into `final/` once complete."""
+def save_final(method, model, tokenizer, run_dir: Path, *, model_name: str, summary: dict) -> None:
+    """The final model or adapter, the tokenizer and the model card (from `summary`, the run's summary.json to
+    be), renamed into `final/` once complete."""
     with atomic_directory(run_dir / rundir.FINAL) as tmp:
-        method.save_final(model, tmp)
+        save_portable(method, model, tmp, model_name)
         tokenizer.save_pretrained(tmp)
+        write_model_card(run_dir, tmp, summary)
+
+
+def save_portable(method, model, out: Path, model_name: str) -> None:
+    """What the method saves (model, adapter or delta) into `out`. A PEFT adapter names its base `model_name` by
+    hub id (`models.hub`), not by the local path it was loaded from, so it loads anywhere."""
+    method.save_final(model, out)
+    name_base(out, hub_id(model_name))
