@@ -58,8 +58,8 @@ def test_compare_trains_scores_records_failures_and_resumes(tiny_model_dir, chat
     assert lora["tokens"] == full["tokens"] > 0 and lora["steps"] == full["steps"] == 3  # the same budget
     assert lora["trainable_params"] < full["trainable_params"] == full["total_params"]
     for entry in (lora, full):
-        assert set(entry["scores"]) == {"task", "general_ppl", "general_mc"} and len(entry["loss_curve"]) == 3
-    assert set(saved["base"]) == {"task", "general_ppl", "general_mc"}
+        assert set(entry["scores"]) == {"task", "task_items", "general_ppl", "general_mc"} and len(entry["loss_curve"]) == 3
+    assert set(saved["base"]) == {"task", "task_items", "general_ppl", "general_mc"}
     summary = (out / "summary.md").read_text()
     assert "| lora | done |" in summary and "| bad-knob | failed: " in summary
     assert "<table" in (out / "report.html").read_text() and "<svg" in (out / "report.html").read_text()
@@ -115,7 +115,7 @@ def test_merge_variants_merge_earlier_results_without_training_and_are_scored(ti
     for name in ("lines", "stock", "soup"):
         entry = results[name]
         assert entry["steps"] == 0 and entry["trainable_params"] is None
-        assert set(entry["scores"]) == {"task", "general_ppl", "general_mc"}
+        assert set(entry["scores"]) == {"task", "task_items", "general_ppl", "general_mc"}
 
     weights = {name: load_file(next((tmp_path / "compare" / "variants" / name).rglob("model.safetensors")))
                for name in ("lines", "soup")}
@@ -151,3 +151,81 @@ def test_selection_variants_train_on_their_selection_from_the_base_data(tiny_mod
         config = yaml.safe_load((folder / "config.yaml").read_text())
         assert config["data"]["path"] == str(folder / "selected.jsonl") and config["train"]["max_steps"] == 3
     assert results["random-half"]["steps"] == results["longest10"]["steps"] == 3  # the same budget of steps
+
+
+def test_seeds_train_every_variant_per_seed_report_means_and_intervals_and_resume(tiny_model_dir, chat_data,
+                                                                                   tmp_path, monkeypatch):
+    path = write_matrix(tmp_path, tiny_model_dir, chat_data, ["lora", {"name": "full", "method": "full",
+                                                                       "train": {"lr": 1e-3}}])
+    matrix = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**matrix, "seeds": [3, 4]}))
+    real, trained = compare.train_variant, []
+
+    def interrupted_after_one(config, *args, **kwargs):
+        if trained:
+            raise KeyboardInterrupt
+        trained.append(str(config.parent.relative_to(tmp_path / "compare")))
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "train_variant", interrupted_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(path, progress=False)
+    out = tmp_path / "compare"
+    assert list(json.loads((out / "results.json").read_text())["variants"]) == ["lora@seed3"]
+
+    monkeypatch.setattr(compare, "train_variant", lambda config, *a, **k: trained.append(
+        str(config.parent.relative_to(out))) or real(config, *a, **k))
+    run_compare(path, progress=False)
+    assert trained == ["variants/lora/seed-3", "variants/lora/seed-4", "variants/full/seed-3", "variants/full/seed-4"]
+    saved = json.loads((out / "results.json").read_text())
+    assert list(saved["variants"]) == ["lora@seed3", "lora@seed4", "full@seed3", "full@seed4"] and saved["seeds"] == [3, 4]
+    for key, entry in saved["variants"].items():
+        assert entry["status"] == "done"
+        assert yaml.safe_load((out / "variants" / key.replace("@seed", "/seed-") / "run" / "config.yaml").read_text()
+                              )["train"]["seed"] == int(key[-1])
+    losses = {key: entry["train_loss"] for key, entry in saved["variants"].items()}
+    assert losses["lora@seed3"] != losses["lora@seed4"]  # the seeds really differ
+    summary = (out / "summary.md").read_text()
+    assert "| lora | done (2 seeds) |" in summary and "Per seed (3, 4):" in summary and "| full@seed4 | done |" in summary
+    assert "t over seeds" in summary
+
+
+def test_variant_summaries_give_means_t_intervals_and_mark_differences_within_noise():
+    from tuna.report.compare_report import pareto_front, tradeoff_points, variant_summaries, within_noise
+
+    def run(task, ppl):
+        return {"status": "done", "scores": {"task": task, "task_items": [], "general_ppl": ppl, "general_mc": 0.5},
+                "trainable_params": 1, "peak_memory_mb": 1, "tokens_per_s": 1, "train_seconds": 1}
+
+    results = {"base": {"task": 0.5, "general_ppl": 10.0, "general_mc": 0.5}, "seeds": [1, 2, 3], "variants": {
+        "a@seed1": run(0.80, 10.1), "a@seed2": run(0.82, 10.2), "a@seed3": run(0.84, 10.3),
+        "b@seed1": run(0.70, 10.2), "b@seed2": run(0.85, 10.5), "b@seed3": run(0.76, 10.4),  # worse on means, noisy
+        "c@seed1": run(0.60, 10.6), "c@seed2": run(0.61, 10.6), "c@seed3": run(0.62, 10.6)}}  # clearly worse
+    rows = {row["variant"]: row for row in variant_summaries(results)}
+    assert rows["a"]["task after"] == pytest.approx(0.82)
+    low, high = rows["a"]["task after ci"]
+    assert (high - low) / 2 == pytest.approx(4.303 * 0.02 / 3 ** 0.5)  # t(0.975, 2) * sd / sqrt(3)
+    assert rows["a"]["gain (pts)"] == pytest.approx(32.0)
+    points = tradeoff_points(list(rows.values()))
+    front = pareto_front(points)
+    assert front == ["a"]
+    assert within_noise(points, front) == {"b": "a"}
+
+
+def test_a_single_run_gets_a_bootstrap_interval_over_task_items():
+    from tuna.report.compare_report import variant_summaries
+
+    entry = {"status": "done", "scores": {"task": 0.5, "task_items": [1.0, 0.0] * 20}, "trainable_params": 1,
+             "peak_memory_mb": 1, "tokens_per_s": 1, "train_seconds": 1}
+    row = variant_summaries({"base": {"task": 0.25}, "variants": {"a": entry}})[0]
+    low, high = row["task after ci"]
+    assert low < 0.5 < high and high - low == pytest.approx(2 * 1.96 * (0.25 / 40) ** 0.5, abs=0.05)
+    assert row["gain (pts) ci"] == pytest.approx((100 * (low - 0.25), 100 * (high - 0.25)))
+
+
+def test_an_empty_seed_list_is_one_line(tmp_path, tiny_model_dir, chat_data, capsys):
+    path = write_matrix(tmp_path, tiny_model_dir, chat_data, ["lora"])
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "seeds": []}))
+    assert main(["compare", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "seeds" in err and len(err.strip().splitlines()) == 1

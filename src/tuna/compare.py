@@ -17,6 +17,10 @@ run resumes from its last checkpoint, and failed variants are tried again.
 A variant may instead be a merge of earlier variants (`merge: {method, of, ...}`, `tuna merge`'s
 methods): it costs no training, and is scored like the others. A variant may set its own
 `train.seed` to be a replicate of another (merges such as Model Stock need several fine-tunes).
+
+`seeds: [1, 2, 3]` runs every variant once per seed (`train.seed`; a merge merges the same seed's
+runs), each a replicate `<name>@seed<k>` with its own folder `variants/<name>/seed-<k>/`, kept or
+resumed on its own; the report gives each figure's mean over seeds with a 95% interval.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from tuna import rundir
 from tuna.atomic import atomic_write_text
@@ -90,6 +94,8 @@ class Matrix(Section):
                                        "string is a method name")
     task: TaskSpec = TaskSpec()
     general: bool = Field(True, description="score forgetting with the general suite")
+    seeds: list[int] | None = Field(None, min_length=1, description="train every variant once per seed (train.seed); "
+                                    "figures get means and 95% intervals")
     output_dir: str = "runs/compare"
 
     @field_validator("variants")
@@ -104,6 +110,27 @@ class Matrix(Section):
         if repeated:
             raise ValueError(f"variant name {repeated[0]!r} is used twice")
         return variants
+
+    @model_validator(mode="after")
+    def _seeds_own_the_seed(self) -> Matrix:
+        if self.seeds is None:
+            return self
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: each seed once")
+        seeded = [variant_name(v) for v in self.variants
+                  if isinstance(v, dict) and isinstance(v.get("train"), dict) and "seed" in v["train"]]
+        if seeded:
+            raise ValueError(f"variant {seeded[0]!r} sets train.seed, which `seeds` sets for every variant")
+        return self
+
+    def replicates(self) -> list[tuple[str, int | None]]:
+        """(variant name, seed) of every run, variant by variant; the seed is None without `seeds`."""
+        return [(variant_name(v), seed) for v in self.variants for seed in (self.seeds or [None])]
+
+
+def replicate_key(name: str, seed: int | None) -> str:
+    """The entry of one run in results.json: the variant's name, `@seed<k>` added under `seeds`."""
+    return name if seed is None else f"{name}@seed{seed}"
 
 
 def variant_name(variant: dict | str) -> str:
@@ -139,7 +166,7 @@ def base_recipe(matrix: Matrix, matrix_dir: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def variant_recipe(base: dict, variant: dict | str, run_dir: Path) -> tuple[str, dict]:
+def variant_recipe(base: dict, variant: dict | str, run_dir: Path, seed: int | None = None) -> tuple[str, dict]:
     """(name, raw recipe) of a variant: the base with the variant's keys merged over it. The base's
     method and objective sections that the variant's method or objective does not read are dropped,
     so a LoRA base can have a full fine-tuning variant."""
@@ -150,6 +177,8 @@ def variant_recipe(base: dict, variant: dict | str, run_dir: Path) -> tuple[str,
         if fixed:
             raise UserError(f"variant {name}: {section}.{fixed[0]} is part of the shared budget; set it in the base")
     merged = merge(base, overrides)
+    if seed is not None:
+        merged["train"] = {**(merged.get("train") or {}), "seed": seed}
     method, objective = merged.get("method", "lora"), merged.get("objective", "sft")
     for section in set(registered_sections()) - sections_read_by(method, objective):
         if section not in overrides:
@@ -182,10 +211,11 @@ def score_model(spec: str, matrix: Matrix, task_path: Path, *, progress: bool) -
 
     model, tokenizer = load_any(spec)
     metric = get_metrics([matrix.task.metric])
-    summary, _ = evaluate_task(model, tokenizer, read_task(read_records(task_path)), metric,
-                               max_new_tokens=matrix.task.max_new_tokens, batch_size=matrix.task.batch_size,
-                               progress=progress)
-    scores = {"task": summary["metrics"][matrix.task.metric]}
+    summary, rows = evaluate_task(model, tokenizer, read_task(read_records(task_path)), metric,
+                                  max_new_tokens=matrix.task.max_new_tokens, batch_size=matrix.task.batch_size,
+                                  progress=progress)
+    scores = {"task": summary["metrics"][matrix.task.metric],
+              "task_items": [row["scores"][matrix.task.metric] for row in rows]}  # for an interval over items
     if matrix.general:
         scores.update(general_suite(model, tokenizer))
     del model
@@ -239,30 +269,33 @@ def run_compare(matrix_path: str | Path, *, output_dir: str | None = None, progr
         results["base"] = score_model(model_name, matrix, task_path, progress=progress)
         results["base_score_seconds"] = time.perf_counter() - started
         save()
-    for position, variant in enumerate(matrix.variants, start=1):
-        name = variant_name(variant)
-        folder, tag = out / "variants" / name, f"[{position}/{len(matrix.variants)}] {name}"
+    variants = {variant_name(v): v for v in matrix.variants}
+    replicates = matrix.replicates()
+    for position, (name, seed) in enumerate(replicates, start=1):
+        variant, key = variants[name], replicate_key(name, seed)
+        folder = out / "variants" / name / (f"seed-{seed}" if seed is not None else "")
+        tag = f"[{position}/{len(replicates)}] {key}"
         if isinstance(variant, dict) and "merge" in variant:
-            earlier = {variant_name(v): results["variants"].get(variant_name(v)) for v in matrix.variants[:position - 1]}
-            results["variants"][name] = merged_variant(variant, results["variants"].get(name, {}), earlier, base,
-                                                       folder, matrix, task_path, say=lambda msg: say(f"{tag}: {msg}"),
-                                                       progress=progress)
+            earlier = {n: results["variants"].get(replicate_key(n, seed)) for n in list(variants)[:list(variants).index(name)]}
+            results["variants"][key] = merged_variant(variant, results["variants"].get(key, {}), earlier, base,
+                                                      folder, matrix, task_path, say=lambda msg: say(f"{tag}: {msg}"),
+                                                      progress=progress)
             save()
             continue
         try:
             variant, select = without_selection(variant)
-            name, raw = variant_recipe(base, variant, folder / "run")
+            _, raw = variant_recipe(base, variant, folder / "run", seed)
             if select is not None:
                 raw["data"]["path"] = str(folder / SELECTED)
             recipe = validate_recipe(raw)
         except UserError as exc:
-            results["variants"][name] = {"status": "failed", "error": str(exc)}
+            results["variants"][key] = {"status": "failed", "error": str(exc)}
             say(f"{tag}: failed: {exc}")
             save()
             continue
         config = recipe.to_yaml() + (f"# data.select: {select.model_dump_json(exclude_defaults=True)}\n"
                                      if select is not None else "")
-        previous = results["variants"].get(name, {})
+        previous = results["variants"].get(key, {})
         if previous.get("status") == "done" and previous.get("config") == config and rundir.is_run_dir(folder / "run"):
             say(f"{tag}: done earlier, kept")
             continue
@@ -287,13 +320,14 @@ def run_compare(matrix_path: str | Path, *, output_dir: str | None = None, progr
                 entry.update(status="done", error=None)
             except UserError as exc:
                 entry["error"] = f"scoring failed: {exc}"
-        results["variants"][name] = entry
+        results["variants"][key] = entry
         say(f"{tag}: {entry['status']}"
             + (f": {entry['error']}" if entry["error"] else ""))
         save()
     # in the matrix's order; a variant removed from the matrix leaves the report
-    results["variants"] = {variant_name(v): results["variants"][variant_name(v)] for v in matrix.variants
-                           if variant_name(v) in results["variants"]}
+    results["variants"] = {key: results["variants"][key] for key in (replicate_key(*r) for r in replicates)
+                           if key in results["variants"]}
+    results["seeds"] = matrix.seeds
     save()
     return results
 

@@ -51,10 +51,17 @@ def histogram(values: list[float], *, title: str, xlabel: str, bins: int = 30) -
 
 
 def tradeoff_chart(points: list[dict], *, x: str, y: str, xlabel: str, ylabel: str, front: list[str]) -> str:
-    """Named points, each labelled; the Pareto front (the names in `front`) highlighted and joined by a line."""
+    """Named points, each labelled; the Pareto front (the names in `front`) highlighted and joined by a line.
+    A point with `<x>_ci` or `<y>_ci` (low, high) gets error bars on that axis."""
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(6.0, 4.0))
         ax = fig.add_subplot()
+        for p in points:
+            bars = {f"{k}err": [[p[axis] - p[f"{axis}_ci"][0]], [p[f"{axis}_ci"][1] - p[axis]]]
+                    for k, axis in (("x", x), ("y", y)) if f"{axis}_ci" in p}
+            if bars:
+                ax.errorbar([p[x]], [p[y]], **bars, fmt="none", ecolor="0.7", elinewidth=1, capsize=2, zorder=1,
+                            gid=f"error-bars-{p['name']}")
         on_front = [p for p in points if p["name"] in front]
         others = [p for p in points if p["name"] not in front]
         ax.scatter([p[x] for p in others], [p[y] for p in others], color="0.6", s=22, zorder=2, label="dominated")
