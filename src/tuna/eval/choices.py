@@ -7,9 +7,14 @@ which keeps long choices from losing just for being long, whatever the tokenizer
 
 The prompt is rendered as generation sees it: chat messages through the chat template with the
 generation prompt (the choice is then the assistant's text, with no end-of-turn token), raw strings
-as they are. Prompt and choice are tokenized apart, so every choice follows the same prompt tokens;
-spaces that end a raw prompt move to the front of each choice (as lm-eval-harness does), so
-"Answer: " + "Paris" is scored as "Answer:" + " Paris", the way the model would write it.
+as they are. The choice's tokens are split off as lm-eval-harness does (`_encode_pair`): prompt and
+choice are tokenized together, and the choice's tokens are those past the prompt's own, which follow
+the prompt tokens unchanged in every choice. Tokenizing the choice alone would differ where a
+tokenizer marks the start of every text (SentencePiece's "▁" prefix). Whitespace that ends a raw
+prompt moves to the front of each choice, so "Answer: " + "Paris" is scored as "Answer:" + " Paris",
+the way the model would write it. A chat prompt keeps its template's last newline: lm-eval, with
+--apply-chat-template, moves it into every choice, which adds the same log-prob to each (acc is
+unchanged, acc_norm can move; docs/evaluation.md).
 """
 from __future__ import annotations
 
@@ -21,17 +26,15 @@ from tuna.models.rope import context_window
 
 def continuations(tokenizer, prompt: list[dict] | str, choices: list[str]) -> list[Rendered]:
     """Prompt + choice token ids per choice, with only the choice's tokens labelled."""
-    if isinstance(prompt, list):
-        prompt_ids, space = tokenizer(chat_text(tokenizer, prompt, generation_prompt=True),
-                                      add_special_tokens=False).input_ids, ""
-    else:
-        kept = prompt.rstrip(" ")
-        prompt_ids, space = tokenizer(kept).input_ids, prompt[len(kept):]
-    if not prompt_ids:
+    chat = isinstance(prompt, list)
+    text = chat_text(tokenizer, prompt, generation_prompt=True) if chat else prompt.rstrip()
+    space = "" if chat else prompt[len(text):]
+    prompt_ids = tokenizer(text, add_special_tokens=not chat).input_ids
+    if not text or not prompt_ids:
         raise UserError("a multiple-choice prompt is empty; a choice needs a prompt to continue")
     items = []
     for choice in choices:
-        choice_ids = tokenizer(space + choice, add_special_tokens=False).input_ids
+        choice_ids = tokenizer(text + space + choice, add_special_tokens=not chat).input_ids[len(prompt_ids):]
         if not choice_ids:
             raise UserError(f"choice {choice!r} has no tokens to score")
         items.append(Rendered(prompt_ids + choice_ids, [IGNORE] * len(prompt_ids) + choice_ids))
