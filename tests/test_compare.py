@@ -229,3 +229,30 @@ def test_an_empty_seed_list_is_one_line(tmp_path, tiny_model_dir, chat_data, cap
     assert main(["compare", str(path)]) == 2
     err = capsys.readouterr().err
     assert "seeds" in err and len(err.strip().splitlines()) == 1
+
+
+def test_harness_tasks_score_the_task_and_forgetting(tiny_model_dir, chat_data, tmp_path):
+    pytest.importorskip("lm_eval")
+    from tests.eval.test_harness import QUESTIONS, TASK_YAML
+
+    tasks = tmp_path / "tasks"
+    (tasks / "data").mkdir(parents=True)
+    (tasks / "tiny_mc.yaml").write_text(TASK_YAML)
+    (tasks / "data" / "tiny_mc.jsonl").write_text("".join(
+        json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in QUESTIONS))
+    path = write_matrix(tmp_path, tiny_model_dir, chat_data, ["lora"])
+    matrix = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**matrix, "task": {"harness": ["tiny_mc"], "metric": "acc"},
+                                    "general": {"suite": False, "harness": ["tiny_mc"]},
+                                    "harness_include": [str(tasks)]}))
+    results = run_compare(path, progress=False)
+    base, lora = results["base"], results["variants"]["lora"]["scores"]
+    assert len(base["task_items"]) == len(QUESTIONS) and set(base["task_items"]) <= {0.0, 1.0}
+    assert base["task"] == sum(base["task_items"]) / len(QUESTIONS) == base["general_harness"]
+    assert "general_ppl" not in lora and lora["general_harness"] == lora["task"]
+    summary = (tmp_path / "compare" / "summary.md").read_text()
+    assert "general harness change (pts)" in summary and "general harness" in summary.splitlines()[0]
+
+    path.write_text(yaml.safe_dump({**matrix, "task": {"harness": ["no_such_task"]}}))
+    with pytest.raises(UserError, match="no_such_task"):
+        run_compare(path, progress=False)

@@ -53,7 +53,10 @@ SELECTED = "selected.jsonl"
 
 class TaskSpec(Section):
     data: str | None = Field(None, description="held-out records to score; unset: the base recipe's eval_split file")
-    metric: str = Field("exact_match", description="a generation metric of `tuna eval --metric`")
+    metric: str = Field("exact_match", description="a generation metric of `tuna eval --metric`; with `harness`, "
+                        "the lm-eval metric (tasks without it use acc, else exact_match)")
+    harness: list[str] | None = Field(None, min_length=1, description="lm-evaluation-harness tasks scored instead of "
+                                      "`data` (`tuna eval --harness` names): the mean over all their items")
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(16, ge=1)
 
@@ -88,14 +91,23 @@ class MergeSpec(Section):
         return config
 
 
+class GeneralSpec(Section):
+    suite: bool = Field(True, description="the built-in forgetting probe: general-text perplexity and 48 questions")
+    harness: list[str] = Field([], description="lm-evaluation-harness tasks whose accuracy change is also reported "
+                               "(e.g. tuna_knowledge_mc, tuna_cloze: 305 items each)")
+
+
 class Matrix(Section):
     base: str | dict = Field(description="a config file path, or an inline recipe")
     variants: list[dict | str] = Field(min_length=1, description="recipe overrides, each with a `name`; a bare "
                                        "string is a method name")
     task: TaskSpec = TaskSpec()
-    general: bool = Field(True, description="score forgetting with the general suite")
+    general: bool | GeneralSpec = Field(True, description="score forgetting with the general suite (true), or "
+                                        "{suite, harness}: the suite and/or lm-eval tasks")
     seeds: list[int] | None = Field(None, min_length=1, description="train every variant once per seed (train.seed); "
                                     "figures get means and 95% intervals")
+    harness_include: list[str] = Field([], description="directories of more lm-eval task YAMLs (tuna eval "
+                                       "--include-path), beside examples/harness")
     output_dir: str = "runs/compare"
 
     @field_validator("variants")
@@ -126,6 +138,19 @@ class Matrix(Section):
     def replicates(self) -> list[tuple[str, int | None]]:
         """(variant name, seed) of every run, variant by variant; the seed is None without `seeds`."""
         return [(variant_name(v), seed) for v in self.variants for seed in (self.seeds or [None])]
+
+    @property
+    def general_spec(self) -> GeneralSpec:
+        return self.general if isinstance(self.general, GeneralSpec) else GeneralSpec(suite=self.general)
+
+    def harness_requests(self) -> dict:
+        """{"task" | "general": the checked lm-eval request} for what the matrix scores through the harness;
+        an unknown task or a missing data file is refused here, before anything trains."""
+        from tuna.eval.harness import check_request
+
+        named = {"task": self.task.harness, "general": self.general_spec.harness}
+        return {role: check_request(names, self.harness_include, limit=None, num_fewshot=None)
+                for role, names in named.items() if names}
 
 
 def replicate_key(name: str, seed: int | None) -> str:
@@ -201,26 +226,40 @@ def task_data(matrix: Matrix, base: dict, matrix_dir: Path) -> Path:
     return path if path.exists() or path.is_absolute() else matrix_dir / path
 
 
-def score_model(spec: str, matrix: Matrix, task_path: Path, *, progress: bool) -> dict:
-    """Task score (and the general suite) of a base model or a finished run."""
-    from tuna.data.read import read_records
+def score_model(spec: str, matrix: Matrix, task_path: Path | None, *, progress: bool) -> dict:
+    """Task score (and the general suite, and harness tasks) of a base model or a finished run."""
     from tuna.eval.general import general_suite
-    from tuna.eval.scorers import get_metrics
-    from tuna.eval.task import evaluate_task, read_task
+    from tuna.eval.harness import item_scores, run_harness
     from tuna.models.load import load_any
 
     model, tokenizer = load_any(spec)
-    metric = get_metrics([matrix.task.metric])
-    summary, rows = evaluate_task(model, tokenizer, read_task(read_records(task_path)), metric,
-                                  max_new_tokens=matrix.task.max_new_tokens, batch_size=matrix.task.batch_size,
-                                  progress=progress)
-    scores = {"task": summary["metrics"][matrix.task.metric],
-              "task_items": [row["scores"][matrix.task.metric] for row in rows]}  # for an interval over items
-    if matrix.general:
+    harness = matrix.harness_requests()
+    if "task" in harness:
+        items = item_scores(run_harness(harness["task"], model, tokenizer, log_samples=True,
+                                        batch_size=matrix.task.batch_size), matrix.task.metric)
+    else:
+        items = task_items(model, tokenizer, matrix, task_path, progress=progress)
+    scores = {"task": sum(items) / len(items), "task_items": items}  # the items: for an interval over them
+    if matrix.general_spec.suite:
         scores.update(general_suite(model, tokenizer))
+    if "general" in harness:
+        general = item_scores(run_harness(harness["general"], model, tokenizer, log_samples=True), "acc")
+        scores["general_harness"] = sum(general) / len(general)
     del model
     gc.collect()
     return scores
+
+
+def task_items(model, tokenizer, matrix: Matrix, task_path: Path, *, progress: bool) -> list[float]:
+    """Each held-out task record's score under `task.metric`."""
+    from tuna.data.read import read_records
+    from tuna.eval.scorers import get_metrics
+    from tuna.eval.task import evaluate_task, read_task
+
+    _, rows = evaluate_task(model, tokenizer, read_task(read_records(task_path)), get_metrics([matrix.task.metric]),
+                            max_new_tokens=matrix.task.max_new_tokens, batch_size=matrix.task.batch_size,
+                            progress=progress)
+    return [row["scores"][matrix.task.metric] for row in rows]
 
 
 def train_variant(config_path: Path, run_dir: Path, log_path: Path, *, progress: bool) -> str | None:
@@ -254,8 +293,9 @@ def run_compare(matrix_path: str | Path, *, output_dir: str | None = None, progr
     out = Path(output_dir or matrix.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = base_recipe(matrix, matrix_path.parent)
-    task_path = task_data(matrix, base, matrix_path.parent)
-    if not task_path.is_file():
+    matrix.harness_requests()  # harness tasks checked before anything trains
+    task_path = None if matrix.task.harness else task_data(matrix, base, matrix_path.parent)
+    if task_path is not None and not task_path.is_file():
         raise UserError(f"task data not found: {task_path}")
     say = lambda msg: print(f"tuna compare: {msg}", file=sys.stderr, flush=True)
     results = read_results(out / RESULTS)

@@ -288,3 +288,16 @@ def write_results(out_dir: str | Path, results: dict) -> Path:
         (out / f"samples_{task}.jsonl").write_text(
             "".join(json.dumps(row, default=handle_non_serializable) + "\n" for row in rows))
     return out
+
+
+def item_scores(results: dict, metric: str) -> list[float]:
+    """Every logged example's score over all the tasks run (`log_samples`): `metric` where a task reports it,
+    else acc, else exact_match; what `tuna compare` pools into one figure with an interval over items."""
+    names = list(dict.fromkeys([metric, "acc", "exact_match"]))
+    scores = []
+    for task, rows in results["samples"].items():
+        name = next((n for n in names if rows and n in rows[0]), None)
+        if name is None:
+            raise UserError(f"harness task {task} reports none of {', '.join(names)}")
+        scores += [float(row[name]) for row in rows]
+    return scores

@@ -21,7 +21,8 @@ from tuna.eval.general import forgetting
 from tuna.eval.intervals import bootstrap_interval, overlap, t_interval
 from tuna.report import html, plots
 
-OUTCOMES = ["task after", "gain (pts)", "general ppl change", "general MC change (pts)"]
+HARNESS = "general harness change (pts)"  # accuracy change on lm-eval tasks (`general: {harness: [...]}`)
+OUTCOMES = ["task after", "gain (pts)", "general ppl change", "general MC change (pts)", HARNESS]
 
 HEADERS = ["variant", "status", "task after", "gain (pts)", "general ppl change", "general MC change (pts)",
            "trainable params", "peak memory (MiB)", "tokens/s", "train time (s)"]
@@ -40,7 +41,14 @@ def variant_row(name: str, entry: dict, base: dict) -> dict:
         change = forgetting(base, scores)
         row["general ppl change"] = change["general_ppl_change_pct"]
         row["general MC change (pts)"] = change["general_mc_change_pts"]
+    if "general_harness" in scores and "general_harness" in base:
+        row[HARNESS] = 100 * (scores["general_harness"] - base["general_harness"])
     return row
+
+
+def columns(rows: list[dict]) -> list[str]:
+    """The table's headers: the harness column only when something was scored through it."""
+    return HEADERS + ([HARNESS] if any(HARNESS in row for row in rows) else [])
 
 
 def variant_summaries(results: dict) -> list[dict]:
@@ -57,7 +65,7 @@ def variant_summaries(results: dict) -> list[dict]:
         status = "done" if len(done) == len(entries) else f"{len(done)} of {len(entries)} runs done"
         row = {"variant": name, "status": status + (f" ({len(done)} seeds)" if results.get("seeds") else ""),
                "runs": len(done)}
-        for header in HEADERS[2:]:
+        for header in [*HEADERS[2:], HARNESS]:
             values = [r[header] for _, r in done if r.get(header) is not None]
             if values:
                 row[header] = statistics.fmean(values)
@@ -116,23 +124,25 @@ def formatted(header: str, value, interval: tuple[float, float] | None = None) -
 
 
 def table_rows(rows: list[dict]) -> list[list[str]]:
-    return [[formatted(h, row.get(h), row.get(f"{h} ci")) for h in HEADERS] for row in rows]
+    return [[formatted(h, row.get(h), row.get(f"{h} ci")) for h in columns(rows)] for row in rows]
 
 
-def seed_rows(results: dict) -> list[list[str]]:
+def per_run(results: dict) -> list[dict]:
     """One row per run, named `<variant>@seed<k>`."""
-    return table_rows([variant_row(key, entry, results["base"]) for key, entry in results["variants"].items()])
+    return [variant_row(key, entry, results["base"]) for key, entry in results["variants"].items()]
 
 
 def base_line(base: dict) -> str:
     parts = [f"task {base['task']:.1%}"]
     if "general_ppl" in base:
         parts += [f"general-text perplexity {base['general_ppl']:.2f}", f"general MC {base['general_mc']:.1%}"]
+    if "general_harness" in base:
+        parts.append(f"general harness {base['general_harness']:.1%}")
     return "Base model: " + ", ".join(parts) + "."
 
 
-def markdown_table(rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     return lines + ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
 
 
@@ -148,9 +158,11 @@ def front_note(points: list[dict]) -> str:
 
 def summary_markdown(results: dict) -> str:
     summaries = variant_summaries(results)
-    lines = markdown_table(table_rows(summaries))
+    lines = markdown_table(columns(summaries), table_rows(summaries))
     if results.get("seeds"):
-        lines += ["", f"Per seed ({', '.join(map(str, results['seeds']))}):", "", *markdown_table(seed_rows(results))]
+        runs = per_run(results)
+        lines += ["", f"Per seed ({', '.join(map(str, results['seeds']))}):", "",
+                  *markdown_table(columns(runs), table_rows(runs))]
     intervals = "Intervals are 95%: " + ("t over seeds." if results.get("seeds") else
                                          "bootstrap over the task's items (one run per variant).")
     note = front_note(tradeoff_points(summaries))
@@ -176,9 +188,10 @@ def report_html(results: dict) -> str:
         f"; means over seeds {', '.join(map(str, results['seeds']))} with 95% t-intervals" if results.get("seeds")
         else "; 95% bootstrap intervals over the task's items")
     blocks = [html.section("Summary", f"<p>{escape(base_line(results['base']))}</p>"
-                           + html.table(HEADERS, table_rows(summaries), caption=caption))]
+                           + html.table(columns(summaries), table_rows(summaries), caption=caption))]
     if results.get("seeds"):
-        blocks.append(html.section("Per seed", html.table(HEADERS, seed_rows(results), caption="One row per run")))
+        runs = per_run(results)
+        blocks.append(html.section("Per seed", html.table(columns(runs), table_rows(runs), caption="One row per run")))
     curves = {name: [tuple(p) for p in e["loss_curve"]] for name, e in results["variants"].items()
               if e["status"] == "done" and e.get("loss_curve")}
     if curves:
