@@ -57,3 +57,14 @@ def test_the_vllm_engine_runs_vllms_own_server_with_the_same_adapters(tiny_model
 def test_the_vllm_engine_without_vllm_is_one_line(tiny_model_dir, capsys, monkeypatch):
     monkeypatch.setattr(vllm.shutil, "which", lambda name: None)
     one_line_exit_2(["serve", str(tiny_model_dir), "--engine", "vllm"], capsys, "pip install vllm")
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(tiny_model_dir, capsys, monkeypatch):
+    import socket
+
+    from tuna.serve import run
+
+    monkeypatch.setattr(run, "build", lambda *a, **k: pytest.fail("the model loaded before the port was checked"))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        one_line_exit_2(["serve", str(tiny_model_dir), "--port", str(port)], capsys, f"cannot listen on 127.0.0.1:{port}")

@@ -45,6 +45,7 @@ def serve(spec: str, pairs: list[str], *, host: str, port: int, max_batch: int, 
 
     name = name or served_name(spec)
     adapters = parse_adapters(pairs, name)
+    check_port(host, port)  # before the model loads, not after
     app, batcher = build(spec, adapters, name=name, max_batch=max_batch)
     print(f"serving {name}" + (f" with adapters {', '.join(adapters)}" if adapters else "") +
           f" at http://{host}:{port}/v1 (OpenAI-compatible; Ctrl-C stops)", file=sys.stderr)
@@ -52,6 +53,16 @@ def serve(spec: str, pairs: list[str], *, host: str, port: int, max_batch: int, 
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         batcher.close()
+
+
+def check_port(host: str, port: int) -> None:
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port or --host") from None
 
 
 def importable(module: str) -> bool:
