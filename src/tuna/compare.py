@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,9 +144,11 @@ class Matrix(Section):
     def general_spec(self) -> GeneralSpec:
         return self.general if isinstance(self.general, GeneralSpec) else GeneralSpec(suite=self.general)
 
+    @cached_property
     def harness_requests(self) -> dict:
         """{"task" | "general": the checked lm-eval request} for what the matrix scores through the harness;
-        an unknown task or a missing data file is refused here, before anything trains."""
+        an unknown task or a missing data file is refused here, before anything trains. Checked once: every
+        model scored reuses it."""
         from tuna.eval.harness import check_request
 
         named = {"task": self.task.harness, "general": self.general_spec.harness}
@@ -233,7 +236,7 @@ def score_model(spec: str, matrix: Matrix, task_path: Path | None, *, progress: 
     from tuna.models.load import load_any
 
     model, tokenizer = load_any(spec)
-    harness = matrix.harness_requests()
+    harness = matrix.harness_requests
     if "task" in harness:
         items = item_scores(run_harness(harness["task"], model, tokenizer, log_samples=True,
                                         batch_size=matrix.task.batch_size), matrix.task.metric)
@@ -293,7 +296,7 @@ def run_compare(matrix_path: str | Path, *, output_dir: str | None = None, progr
     out = Path(output_dir or matrix.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = base_recipe(matrix, matrix_path.parent)
-    matrix.harness_requests()  # harness tasks checked before anything trains
+    matrix.harness_requests  # harness tasks checked before anything trains
     task_path = None if matrix.task.harness else task_data(matrix, base, matrix_path.parent)
     if task_path is not None and not task_path.is_file():
         raise UserError(f"task data not found: {task_path}")

@@ -6,6 +6,11 @@ class UserError(Exception):
     """Bad input or an impossible request, explained in one readable message."""
 
 
+def first_line(exc: BaseException) -> str:
+    """A library exception's first non-blank line (its type's name if it has none): the reason in a one-line error."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
 def require_packages(setting: str, needs: dict[str, tuple[str, str]], remove: str) -> None:
     """Refuse, before any slow work, a setting whose packages are missing.
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tuna import rundir
 from tuna.atomic import atomic_directory
-from tuna.errors import UserError
+from tuna.errors import UserError, first_line
 from tuna.models.hub import hub_id, name_base
 from tuna.models.load import load_any, run_model_config
 from tuna.models.sparse_delta import apply_delta, delta_file
@@ -128,7 +128,7 @@ def push_to_hub(run: str | Path, repo: str) -> str:
                 url = api.create_repo(repo, exist_ok=True)
                 api.upload_folder(repo_id=repo, folder_path=folder, commit_message=f"tuna: upload {Path(run).name}")
         except Exception as exc:  # no network, no token, no right to the repository, a malformed name: one line
-            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            reason = first_line(exc)
             raise UserError(f"cannot push to the Hugging Face Hub repository {repo}: {reason[:300]}") from exc
     return str(url)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from tuna import rundir
-from tuna.errors import UserError
+from tuna.errors import UserError, first_line
 from tuna.models import bitdelta, sparse_delta
 from tuna.models.gguf_cache import EMBEDDED_FILE, cached_checkpoint, embedded_gguf
 from tuna.models.rope import RopeScaling, apply_rope_scaling
@@ -85,7 +85,7 @@ def unloadable(source: str, what: str):
     try:
         yield
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
-        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        reason = first_line(exc)
         raise UserError(f"cannot load the {what} in {source}: {reason[:300]}") from None
 
 

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from tuna import rundir
-from tuna.errors import UserError
+from tuna.errors import UserError, first_line
 from tuna.models.load import load_any, resolve, run_model_config
 
 
@@ -60,5 +60,5 @@ def attach(model, name: str, directory: Path):
             return model
         return PeftModel.from_pretrained(model, str(directory), adapter_name=name)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        reason = first_line(exc)
         raise UserError(f"adapter {name} does not fit the served model: {reason[:300]}") from None
